@@ -1,0 +1,84 @@
+# Helpers shared by every stage: paths, the stage interpreter, resources and the
+# checks that must fail before any Slurm job is submitted.
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+
+from ladder import preflight  # noqa: E402
+from ladder.slurm import expand_nodelist  # noqa: E402
+
+PREFIX = Path(config["env"]["prefix"]).resolve()
+# Every stage after env runs in the environment env verified.
+PY = f"env PYTHONPATH={Path(workflow.basedir) / 'scripts'} {PREFIX / 'bin' / 'python'}"
+# env itself may have to build that environment, so it runs on the controller's interpreter.
+BOOT_PY = f"env PYTHONPATH={Path(workflow.basedir) / 'scripts'} {sys.executable}"
+LOCK = str(Path(workflow.basedir) / "envs" / f"{config['env']['flavor']}.lock.txt")
+
+
+def config_hash(*sections):
+    """Hash of the config sections a stage depends on: editing bench settings must not
+    re-run env, probe or ray (the hash is a param, so a change re-runs the stage)."""
+    picked = {k: config[k] for k in sections} if sections else config
+    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
+
+
+NODES = config["cluster"]["nodes"]
+GPUS = config["cluster"]["gpus_per_node"]
+
+# Bad input fails here, naming the key or file, before anything is submitted.
+preflight.check_or_exit(config, Path(workflow.basedir))
+
+
+def partition_nodes():
+    """The partition's nodes: part of the environment fingerprint."""
+    if not shutil.which("sinfo"):
+        return ""
+    cmd = ["sinfo", "-h", "-o", "%N"]
+    if config["cluster"]["partition"]:
+        cmd += ["-p", config["cluster"]["partition"]]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    return ",".join(sorted(n for spec in out.stdout.split() for n in expand_nodelist(spec)))
+
+
+def env_fingerprint():
+    """Installed distributions (dist-info names carry versions) + lock + nodes.
+
+    When it changes, env re-runs and every stage that validated the old environment
+    follows (rerun-triggers include params); otherwise everything stays cached.
+    """
+    h = hashlib.sha256()
+    for p in sorted(PREFIX.glob("lib/python*/site-packages/*.dist-info")):
+        h.update(p.name.encode())
+    h.update(Path(LOCK).read_bytes() if Path(LOCK).exists() else b"")
+    h.update(partition_nodes().encode())
+    return h.hexdigest()[:16]
+
+
+CONDA_ENV = f"../envs/{config['env']['flavor']}.conda.yaml"
+# What every stage's shell needs; passed as params so provenance tracks them.
+COMMON = {"py": PY}
+
+
+def stage_resources(nodes=1, mpi=False, gpus=True, mem_mb=None, runtime=None):
+    """Slurm resources for one stage job (the plugin turns them into sbatch flags)."""
+    res = {
+        "nodes": nodes,
+        "tasks": nodes,
+        "cpus_per_task": config["cluster"]["cpus_per_node"],
+        "mem_mb": mem_mb or config["cluster"]["mem_mb_per_node"],
+        "runtime": runtime or config["cluster"]["time_min"],
+    }
+    if config["cluster"]["partition"]:
+        res["slurm_partition"] = config["cluster"]["partition"]
+    if mpi:
+        # The rule's own srun is the top-level step across all nodes (DESIGN.md §5).
+        res["mpi"] = "srun"
+    if gpus and GPUS:
+        # gres per node; `gpu=N` would mean N for the whole job.
+        res["gres"] = f"gpu:{GPUS}"
+    return res

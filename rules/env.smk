@@ -1,0 +1,26 @@
+rule env:
+    """Build or verify the pinned environment on a compute node; record versions."""
+    output:
+        versions="results/env/versions.json",
+        verdict="results/env/verdict.json",
+    params:
+        fingerprint=env_fingerprint(),
+        nodes=partition_nodes(),
+        build="--build" if config["env"]["build"] else "",
+        boot_py=BOOT_PY,
+        prefix=PREFIX,
+        lock=LOCK,
+        flavor=config["env"]["flavor"],
+        hash=config_hash("env"),
+    log:
+        "results/logs/env/env.log",
+    benchmark:
+        "results/benchmarks/env.tsv"
+    conda:
+        CONDA_ENV
+    resources:
+        **stage_resources(nodes=1, gpus=False, mem_mb=2000),
+    shell:
+        "{params.boot_py} -m ladder.envcheck --prefix {params.prefix} --lock {params.lock}"
+        " --flavor {params.flavor} {params.build} --nodes '{params.nodes}' --config-hash {params.hash}"
+        " --versions-out {output.versions} --verdict {output.verdict} > {log} 2>&1"

@@ -1,0 +1,53 @@
+"""Checks that run when the workflow is parsed, before any Slurm job is submitted."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ladder.plan import PlanError, make_plan, model_shape
+from ladder.slurm import PORTS_PER_JOB
+
+
+def problems(config: dict[str, Any], basedir: Path) -> list[str]:
+    out = []
+    model = config["model"]
+    if model["name"] != "tiny" or model.get("path"):
+        if not model.get("path"):
+            out.append(f"model.path: required when model.name is {model['name']!r} (or use name 'tiny')")
+        else:
+            from ladder.tinymodel import check_model_dir
+
+            out += [f"model.path: {p}" for p in check_model_dir(Path(model["path"]))]
+    if not out:
+        try:
+            make_plan(config["parallel"], config["cluster"]["nodes"], config["cluster"]["gpus_per_node"],
+                      model_shape(model))
+        except PlanError as err:
+            out.append(str(err))
+    ray = config["ray"]
+    if ray["port_range"] < 5 * PORTS_PER_JOB:
+        out.append(f"ray.port_range={ray['port_range']}: too small, needs at least {5 * PORTS_PER_JOB} ports")
+    if ray["port_base"] + ray["port_range"] > 65535:
+        out.append(f"ray.port_base + ray.port_range = {ray['port_base'] + ray['port_range']} exceeds 65535")
+    flavor = config["env"]["flavor"]
+    if not (basedir / "envs" / f"{flavor}.lock.txt").exists():
+        out.append(f"env.flavor={flavor}: envs/{flavor}.lock.txt does not exist")
+    if flavor == "cpu" and config["cluster"]["gpus_per_node"]:
+        out.append("env.flavor=cpu with cluster.gpus_per_node > 0: use env.flavor=cuda for GPU nodes")
+    part = config["cluster"]["partition"]
+    if part and shutil.which("sinfo"):
+        res = subprocess.run(["sinfo", "-h", "-p", part, "-o", "%P"], capture_output=True, text=True, timeout=30)
+        if not res.stdout.strip():
+            out.append(f"cluster.partition={part!r}: Slurm knows no such partition")
+    return out
+
+
+def check_or_exit(config: dict[str, Any], basedir: Path) -> None:
+    found = problems(config, basedir)
+    if found:
+        print("ladder: configuration rejected before submission:\n  " + "\n  ".join(found), file=sys.stderr)
+        raise SystemExit(2)

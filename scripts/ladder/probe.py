@@ -1,0 +1,179 @@
+"""Stage probe: what every allocated node really has.
+
+``node`` runs once per node (one srun task each) and writes ``<dir>/<host>.json``;
+``summarize`` runs on the batch host, merges them into ``nodes.json`` and checks the
+node count and GPU counts against the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from ladder.verdict import Verdict, write_json
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def nics() -> list[dict[str, Any]]:
+    stats = psutil.net_if_stats()
+    out = []
+    for name, addrs in sorted(psutil.net_if_addrs().items()):
+        st = stats.get(name)
+        out.append({
+            "name": name,
+            "up": bool(st and st.isup),
+            "speed_mbps": st.speed if st else 0,
+            "mtu": st.mtu if st else 0,
+            "ipv4": [a.address for a in addrs if a.family == socket.AF_INET],
+            "ipv6": [a.address for a in addrs if a.family == socket.AF_INET6],
+            "infiniband": Path(f"/sys/class/net/{name}/device/infiniband").exists(),
+        })
+    return out
+
+
+def gpus() -> dict[str, Any]:
+    """GPUs through NVML; a node without a driver is cpu-only, not an error."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception as err:  # NVMLError_LibraryNotFound, DriverNotLoaded, ImportError
+        return {"kind": "cpu-only", "count": 0, "devices": [], "reason": f"{type(err).__name__}: {err}"}
+    try:
+        cuda = pynvml.nvmlSystemGetCudaDriverVersion_v2()
+        n = pynvml.nvmlDeviceGetCount()
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(n)]
+        devices = []
+        for i, h in enumerate(handles):
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            devices.append({"index": i, "name": pynvml.nvmlDeviceGetName(h), "uuid": pynvml.nvmlDeviceGetUUID(h),
+                            "memory_mib": mem.total // 2**20, "pci_bus_id": pynvml.nvmlDeviceGetPciInfo(h).busId})
+        topo = {}
+        for i in range(n):
+            for j in range(i + 1, n):
+                try:
+                    level = pynvml.nvmlDeviceGetTopologyCommonAncestor(handles[i], handles[j])
+                    topo[f"{i}-{j}"] = _TOPO.get(level, str(level))
+                except pynvml.NVMLError as err:
+                    topo[f"{i}-{j}"] = f"unknown ({err})"
+        return {"kind": "nvidia", "count": n, "driver": pynvml.nvmlSystemGetDriverVersion(),
+                "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}", "devices": devices, "topology": topo}
+    finally:
+        pynvml.nvmlShutdown()
+
+
+# nvmlGpuTopologyLevel_t, named as nvidia-smi topo -m names them.
+_TOPO = {0: "SELF/NV", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
+
+
+def slurm_view(host: str) -> dict[str, Any]:
+    out = subprocess.run(["scontrol", "show", "node", host, "-o"], capture_output=True, text=True, timeout=30)
+    fields = dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
+    return {"gres": fields.get("Gres", ""), "cpus": fields.get("CPUTot", ""), "state": fields.get("State", ""),
+            "real_memory_mb": fields.get("RealMemory", ""),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "step_gpus": os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS")}
+
+
+def probe_node(shared: Path) -> dict[str, Any]:
+    host = socket.gethostname()
+    vm = psutil.virtual_memory()
+    du = shutil.disk_usage(shared)
+    return {
+        "hostname": host,
+        "slurm_node": os.environ.get("SLURMD_NODENAME", host),
+        "kernel": platform.release(),
+        "cpu": {"model": cpu_model(), "logical": psutil.cpu_count(), "physical": psutil.cpu_count(logical=False),
+                "affinity": len(os.sched_getaffinity(0))},
+        "memory": {"total_mib": vm.total // 2**20, "available_mib": vm.available // 2**20},
+        "disk": {"path": str(shared.resolve()), "free_gib": round(du.free / 2**30, 1),
+                 "total_gib": round(du.total / 2**30, 1)},
+        "nics": nics(),
+        "gpus": gpus(),
+        "slurm": slurm_view(os.environ.get("SLURMD_NODENAME", host)),
+    }
+
+
+def primary_ipv4(node: dict[str, Any]) -> str | None:
+    """The first non-loopback IPv4 address of an up interface."""
+    for nic in node["nics"]:
+        if nic["up"] and nic["name"] != "lo":
+            for ip in nic["ipv4"]:
+                if not ip.startswith("127."):
+                    return ip
+    return None
+
+
+def summarize(node_dir: Path, expected_nodes: list[str], gpus_per_node: int, v: Verdict) -> list[dict[str, Any]]:
+    found = {}
+    for f in sorted(node_dir.glob("*.json")):
+        data = json.loads(f.read_text())
+        found[data["slurm_node"]] = data
+    nodes = [found[n] for n in expected_nodes if n in found]
+    missing = [n for n in expected_nodes if n not in found]
+    v.nodes = expected_nodes
+    v.check("nodes_reported", not missing, len(nodes), len(expected_nodes), "nodes",
+            detail=f"missing: {', '.join(missing)}" if missing else "")
+    for n in nodes:
+        name = n["slurm_node"]
+        v.check(f"{name}:gpus", n["gpus"]["count"] == gpus_per_node, n["gpus"]["count"], gpus_per_node, "GPUs",
+                detail=n["gpus"].get("reason", "") if n["gpus"]["count"] != gpus_per_node else n["gpus"]["kind"])
+        ip = primary_ipv4(n)
+        v.check(f"{name}:address", ip is not None, ip, "a routable IPv4")
+    ips = [primary_ipv4(n) for n in nodes]
+    v.check("distinct_addresses", len(set(ips)) == len(ips), len(set(ips)), len(ips), "addresses",
+            detail="Ray and vLLM need one IP per node")
+    hosts = [n["hostname"] for n in nodes]
+    v.check("distinct_hostnames", len(set(hosts)) == len(hosts), len(set(hosts)), len(hosts))
+    return nodes
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    n = sub.add_parser("node", help="probe this node (one srun task per node)")
+    n.add_argument("--out-dir", type=Path, required=True)
+    n.add_argument("--shared", type=Path, default=Path("."), help="shared path whose free disk is reported")
+    s = sub.add_parser("summarize", help="merge per-node results and write the verdict")
+    s.add_argument("--node-dir", type=Path, required=True)
+    s.add_argument("--expected-nodes", required=True, help="comma-separated allocation node list")
+    s.add_argument("--gpus-per-node", type=int, required=True)
+    s.add_argument("--config-hash", default="")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("--verdict", type=Path, required=True)
+    a = ap.parse_args(argv)
+    if a.cmd == "node":
+        data = probe_node(a.shared)
+        write_json(a.out_dir / f"{data['slurm_node']}.json", data)
+        print(json.dumps({k: data[k] for k in ("hostname", "cpu", "memory")}), flush=True)
+        print(f"gpus: {data['gpus']['kind']} x{data['gpus']['count']}; ipv4: {primary_ipv4(data)}")
+        return 0
+    v = Verdict("probe", config_hash=a.config_hash)
+    expected = [x for x in a.expected_nodes.split(",") if x]
+    nodes = summarize(a.node_dir, expected, a.gpus_per_node, v)
+    v.metrics["gpus_total"] = sum(n["gpus"]["count"] for n in nodes)
+    v.metrics["cpus_total"] = sum(n["cpu"]["affinity"] for n in nodes)
+    write_json(a.out, {"nodes": nodes})
+    return v.finish(a.verdict)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""A real Slurm cluster on one machine: munge, slurmctld and N slurmd nodes.
+
+Each node is a network namespace (own IP on a private bridge, no default route, so
+all sandbox traffic stays on this machine), its own UTS namespace (own hostname) and
+its own mount namespace with a private /dev/shm, so Ray and vLLM behave as on
+separate hosts.  Every process we start is recorded by PID in ``state.json``;
+``down`` stops exactly those (and anything still running inside our namespaces),
+then removes the namespaces and the bridge.
+
+    python -m ladder.sandbox up --nodes 3 --fake-gpus 2
+    python -m ladder.sandbox status
+    python -m ladder.sandbox down
+    eval "$(python -m ladder.sandbox env)"    # SLURM_CONF for sbatch/srun/squeue
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+DEFAULT_STATE = Path(os.environ.get("LADDER_SANDBOX", Path(__file__).resolve().parents[2] / ".sandbox"))
+BRIDGE = "ladder0"
+NS_PREFIX = "ladder-"
+APT_PACKAGES = ["slurm-wlm", "munge", "iproute2", "util-linux"]
+
+
+@dataclass
+class Spec:
+    nodes: int = 2
+    cpus: int = 2
+    mem_mb: int = 8000
+    fake_gpus: int = 0
+    real_gpus: bool = False
+    subnet: str = "10.77.0"  # /24; the host side of the bridge is .1, node i is .(10+i)
+    shm_mb: int = 4096
+
+    def node_names(self) -> list[str]:
+        return [f"n{i}" for i in range(1, self.nodes + 1)]
+
+    def node_ip(self, i: int) -> str:
+        return f"{self.subnet}.{10 + i}"
+
+
+@dataclass
+class State:
+    spec: Spec
+    pids: dict[str, int] = field(default_factory=dict)  # role -> pid (slurmctld, munged, slurmd:n1, ...)
+    started: float = 0.0
+
+
+class SandboxError(RuntimeError):
+    pass
+
+
+def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(cmd, text=True, capture_output=True)
+    if check and proc.returncode != 0:
+        raise SandboxError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc
+
+
+def pid_alive(pid: int, name: str | None = None) -> bool:
+    try:
+        comm = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+        return False
+    return name is None or name in comm
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return f"(no log at {path})"
+
+
+def load_state(state_dir: Path) -> State | None:
+    try:
+        raw = json.loads((state_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return State(spec=Spec(**raw["spec"]), pids=raw["pids"], started=raw["started"])
+
+
+def save_state(state_dir: Path, state: State) -> None:
+    (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=1))
+
+
+# ---------------------------------------------------------------- installation
+def ensure_packages() -> None:
+    missing = [b for b in ("slurmctld", "slurmd", "munged", "nsenter", "unshare", "ip") if not shutil.which(b)]
+    if not missing:
+        return
+    print(f"installing {APT_PACKAGES} (missing: {missing})", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *APT_PACKAGES], check=True, env=env)
+    # Debian starts the services on install; the sandbox runs its own.
+    for svc in ("slurmctld", "slurmd", "munge"):
+        subprocess.run(["service", svc, "stop"], capture_output=True)
+
+
+# ---------------------------------------------------------------- config files
+def gpu_devices(spec: Spec, state_dir: Path, node: str, index: int) -> list[str]:
+    if spec.real_gpus:
+        devs = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
+        per = len(devs) // spec.nodes
+        if per == 0:
+            raise SandboxError(f"--real-gpus: {len(devs)} /dev/nvidiaN devices for {spec.nodes} nodes")
+        return devs[index * per : (index + 1) * per]
+    # Slurm needs device files for gres; /dev/null symlinks schedule like GPUs.
+    d = state_dir / "dev" / node
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+    for g in range(spec.fake_gpus):
+        link = d / f"nvidia{g}"
+        if not link.is_symlink():
+            link.symlink_to("/dev/null")
+        out.append(str(link))
+    return out
+
+
+def write_configs(spec: Spec, state_dir: Path) -> Path:
+    etc = state_dir / "etc"
+    for sub in ("etc", "log", "run", "spool/ctld"):
+        (state_dir / sub).mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname().split(".")[0]
+    gpus_per_node = 0
+    gres_lines = ["AutoDetect=off"]
+    for i, node in enumerate(spec.node_names()):
+        devs = gpu_devices(spec, state_dir, node, i) if (spec.fake_gpus or spec.real_gpus) else []
+        gpus_per_node = len(devs)
+        for dev in devs:
+            gres_lines.append(f"NodeName={node} Name=gpu File={dev}")
+    gres = f" Gres=gpu:{gpus_per_node}" if gpus_per_node else ""
+    nodes = "\n".join(
+        f"NodeName={n} NodeAddr={spec.node_ip(i + 1)} CPUs={spec.cpus} RealMemory={spec.mem_mb}{gres} State=UNKNOWN"
+        for i, n in enumerate(spec.node_names())
+    )
+    conf = f"""# written by ladder.sandbox; do not edit (re-run `up` with other options)
+ClusterName=ladder
+SlurmctldHost={host}({spec.subnet}.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+StateSaveLocation={state_dir}/spool/ctld
+SlurmdSpoolDir={state_dir}/spool/%n
+SlurmctldPidFile={state_dir}/run/slurmctld.pid
+SlurmdPidFile={state_dir}/run/slurmd-%n.pid
+SlurmctldLogFile={state_dir}/log/slurmctld.log
+SlurmdLogFile={state_dir}/log/slurmd-%n.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=500
+SlurmdParameters=config_overrides
+ReturnToService=2
+MinJobAge=3600
+KillWait=10
+GresTypes=gpu
+MpiDefault=none
+SchedulerParameters=bf_interval=5
+SlurmdTimeout=30
+{nodes}
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+    (etc / "slurm.conf").write_text(conf)
+    (etc / "gres.conf").write_text("\n".join(gres_lines) + "\n")
+    return etc / "slurm.conf"
+
+
+# ---------------------------------------------------------------- network
+def net_up(spec: Spec) -> None:
+    if sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
+        sh("ip", "link", "add", BRIDGE, "type", "bridge")
+    sh("ip", "addr", "replace", f"{spec.subnet}.1/24", "dev", BRIDGE)
+    sh("ip", "link", "set", BRIDGE, "up")
+    for i, node in enumerate(spec.node_names(), start=1):
+        ns = NS_PREFIX + node
+        if not Path(f"/run/netns/{ns}").exists():
+            sh("ip", "netns", "add", ns)
+        host_if = f"ldr-{node}"
+        if sh("ip", "link", "show", host_if, check=False).returncode != 0:
+            sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "link", "set", host_if, "master", BRIDGE, "up")
+        sh("ip", "-n", ns, "addr", "replace", f"{spec.node_ip(i)}/24", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+
+
+def our_namespaces() -> list[str]:
+    d = Path("/run/netns")
+    return sorted(p.name for p in d.glob(NS_PREFIX + "*")) if d.exists() else []
+
+
+def pids_in_namespaces() -> list[int]:
+    """Every process whose network namespace is one of ours (job steps, Ray, vLLM, slurmd)."""
+    inodes = set()
+    for ns in our_namespaces():
+        with contextlib.suppress(OSError):
+            inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
+    out = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if os.stat(p / "ns" / "net").st_ino in inodes:
+                out.append(int(p.name))
+        except OSError:
+            continue
+    return out
+
+
+def net_down() -> None:
+    for ns in our_namespaces():
+        node = ns[len(NS_PREFIX) :]
+        sh("ip", "link", "del", f"ldr-{node}", check=False)
+        sh("ip", "netns", "del", ns, check=False)
+    sh("ip", "link", "del", BRIDGE, check=False)
+
+
+# ---------------------------------------------------------------- daemons
+def spawn(cmd: list[str], log: Path, env: dict[str, str]) -> int:
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return proc.pid
+
+
+def wait_for(what: str, pred, timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+    raise SandboxError(f"{what} not ready after {timeout:.0f}s; last lines of {log}:\n{tail(log)}")
+
+
+def munge_ok() -> bool:
+    enc = subprocess.run(["munge", "-n"], capture_output=True)
+    return enc.returncode == 0 and subprocess.run(["unmunge"], input=enc.stdout, capture_output=True).returncode == 0
+
+
+def start_munge(state_dir: Path, env: dict[str, str]) -> int | None:
+    if munge_ok():
+        return None  # a munged is already serving; not ours to stop
+    key = Path("/etc/munge/munge.key")
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+    Path("/run/munge").mkdir(parents=True, exist_ok=True)
+    log = state_dir / "log" / "munged.log"
+    pid = spawn(["munged", "--foreground", "--force"], log, env)
+    wait_for("munged", munge_ok, 15, log)
+    return pid
+
+
+def sinfo_nodes(env: dict[str, str]) -> dict[str, str]:
+    p = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        return {}
+    return dict(line.split() for line in p.stdout.splitlines() if line.strip())
+
+
+def slurm_env(state_dir: Path) -> dict[str, str]:
+    return dict(os.environ, SLURM_CONF=str(state_dir / "etc" / "slurm.conf"))
+
+
+def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
+    state_dir = state_dir.resolve()
+    old = load_state(state_dir)
+    if old and old.spec == spec and all(pid_alive(p) for p in old.pids.values()):
+        env = slurm_env(state_dir)
+        if all(s in ("idle", "mix", "alloc") for s in sinfo_nodes(env).values()):
+            print(f"sandbox already up: {len(old.spec.node_names())} nodes ({state_dir})")
+            return old
+    if old or our_namespaces():
+        down(state_dir, quiet=True)
+    ensure_packages()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    conf = write_configs(spec, state_dir)
+    env = slurm_env(state_dir)
+    state = State(spec=spec, started=time.time())
+    munge_pid = start_munge(state_dir, env)
+    if munge_pid:
+        state.pids["munged"] = munge_pid
+    net_up(spec)
+    save_state(state_dir, state)
+    ctld_log = state_dir / "log" / "slurmctld.log"
+    # -i: ignore state from an earlier sandbox of another shape.
+    state.pids["slurmctld"] = spawn(["slurmctld", "-D", "-i", "-f", str(conf)], state_dir / "log" / "slurmctld.out", env)
+    save_state(state_dir, state)
+    wait_for("slurmctld", lambda: subprocess.run(["scontrol", "ping"], env=env, capture_output=True,
+                                                 text=True).stdout.count("UP") > 0, timeout, ctld_log)
+    Path("/etc/slurm").mkdir(exist_ok=True)
+    for node in spec.node_names():
+        (state_dir / "spool" / node).mkdir(parents=True, exist_ok=True)
+        # Inside the node's own mount namespace: a private /dev/shm (separate hosts do not
+        # share one) and our config at Slurm's default path, because the Snakemake
+        # jobstep plugin strips SLURM_CONF before its nested srun.
+        inner = (f"hostname {node} && mount -t tmpfs -o size={spec.shm_mb}m,mode=1777 ladder-shm /dev/shm"
+                 f" && mount --bind {conf.parent} /etc/slurm && exec slurmd -D -N {node}")
+        cmd = ["nsenter", f"--net=/run/netns/{NS_PREFIX}{node}", "unshare", "--uts", "--mount",
+               "--propagation", "private", "sh", "-c", inner]
+        state.pids[f"slurmd:{node}"] = spawn(cmd, state_dir / "log" / f"slurmd-{node}.out", env)
+        save_state(state_dir, state)
+
+    def all_idle() -> bool:
+        for role, pid in state.pids.items():
+            if not pid_alive(pid):
+                log = state_dir / "log" / (role.replace(":", "-") + ".out")
+                raise SandboxError(f"{role} (pid {pid}) exited during start; last lines of {log}:\n{tail(log)}")
+        nodes = sinfo_nodes(env)
+        return len(nodes) == spec.nodes and all(s.rstrip("*") == "idle" for s in nodes.values())
+
+    try:
+        wait_for(f"{spec.nodes} slurmd nodes idle", all_idle, timeout, ctld_log)
+    except SandboxError as err:
+        raise SandboxError(f"{err}\nsinfo: {sinfo_nodes(env)}") from None
+    print(f"sandbox up: {spec.nodes} nodes {spec.node_names()} on {spec.subnet}.0/24 ({state_dir})")
+    return state
+
+
+def stop_pids(pids: list[int], grace: float = 10) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.2)
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def down(state_dir: Path, quiet: bool = False) -> None:
+    state_dir = state_dir.resolve()
+    state = load_state(state_dir)
+    expected = {"slurmctld": "slurmctld", "munged": "munged", "slurmd": "slurmd"}
+    ours = []
+    if state:
+        for role, pid in state.pids.items():
+            if pid_alive(pid, expected[role.split(":")[0]]):
+                ours.append(pid)
+    # Jobs, Ray and vLLM left inside our nodes (e.g. after slurmd was killed -9).
+    ours += [p for p in pids_in_namespaces() if p not in ours]
+    stop_pids(ours)
+    net_down()
+    if state:
+        (state_dir / "state.json").unlink(missing_ok=True)
+    if not quiet:
+        print(f"sandbox down: stopped {len(ours)} processes, removed namespaces and {BRIDGE}")
+
+
+def status(state_dir: Path) -> int:
+    state = load_state(state_dir.resolve())
+    if not state:
+        print("sandbox: not up")
+        return 1
+    ok = True
+    for role, pid in state.pids.items():
+        alive = pid_alive(pid)
+        ok &= alive
+        print(f"{role:14s} pid {pid:7d} {'running' if alive else 'DEAD'}")
+    nodes = sinfo_nodes(slurm_env(state_dir.resolve()))
+    for n, s in sorted(nodes.items()):
+        print(f"node {n:9s} {s}")
+    ok &= len(nodes) == state.spec.nodes
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="ladder-sandbox", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--state", type=Path, default=DEFAULT_STATE, help="state directory (default: %(default)s)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    u = sub.add_parser("up", help="install what is missing and start the cluster (idempotent)")
+    u.add_argument("--nodes", type=int, default=2, help="slurmd nodes (default 2)")
+    u.add_argument("--cpus", type=int, default=2, help="CPUs each node offers to Slurm")
+    u.add_argument("--mem-mb", type=int, default=8000, help="memory each node offers to Slurm (MB)")
+    u.add_argument("--fake-gpus", type=int, default=0, help="fake GPU gres per node (scheduling tests)")
+    u.add_argument("--real-gpus", action="store_true", help="split this machine's /dev/nvidiaN over the nodes")
+    u.add_argument("--subnet", default="10.77.0", help="first three octets of the private /24")
+    u.add_argument("--timeout", type=float, default=60, help="seconds to wait for every node to be idle")
+    sub.add_parser("status", help="show daemons and node states; exit 1 unless all are up")
+    sub.add_parser("down", help="stop what `up` started and remove namespaces and bridge")
+    sub.add_parser("env", help="print the shell export that points Slurm commands at the sandbox")
+    a = ap.parse_args(argv)
+    if a.cmd == "up":
+        if not 1 <= a.nodes <= 16:
+            ap.error("--nodes must be between 1 and 16")
+        if a.fake_gpus and a.real_gpus:
+            ap.error("--fake-gpus and --real-gpus exclude each other")
+        spec = Spec(nodes=a.nodes, cpus=a.cpus, mem_mb=a.mem_mb, fake_gpus=a.fake_gpus,
+                    real_gpus=a.real_gpus, subnet=a.subnet)
+        try:
+            up(spec, a.state, a.timeout)
+        except SandboxError as err:
+            print(f"sandbox up failed: {err}", file=sys.stderr)
+            return 1
+        return 0
+    if a.cmd == "down":
+        down(a.state)
+        return 0
+    if a.cmd == "env":
+        print(f"export SLURM_CONF={(a.state.resolve() / 'etc' / 'slurm.conf')}")
+        return 0
+    return status(a.state)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Slurm helpers: node lists, the allocation's nodes, per-job ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def expand_nodelist(spec: str) -> list[str]:
+    """Expand a Slurm hostlist such as ``n[1-3,7],gpu-[01-02]x`` into host names.
+
+    Pure Python so it is testable and works where ``scontrol`` is absent; zero padding kept.
+    """
+    out: list[str] = []
+    for part in _split_top(spec.strip()):
+        m = re.fullmatch(r"([^\[\]]*)\[([^\]]+)\](.*)", part)
+        if not m:
+            if part:
+                out.append(part)
+            continue
+        prefix, body, suffix = m.groups()
+        for item in body.split(","):
+            r = _RANGE.match(item.strip())
+            if not r:
+                raise ValueError(f"bad range {item!r} in node list {spec!r}")
+            lo, hi = r.group(1), r.group(2) or r.group(1)
+            if int(hi) < int(lo):
+                raise ValueError(f"descending range {item!r} in node list {spec!r}")
+            width = len(lo)
+            for i in range(int(lo), int(hi) + 1):
+                for tail in expand_nodelist(suffix) if "[" in suffix else [suffix]:
+                    out.append(f"{prefix}{i:0{width}d}{tail}")
+    return out
+
+
+def _split_top(spec: str) -> list[str]:
+    """Split on commas outside brackets."""
+    parts, depth, cur = [], 0, ""
+    for ch in spec:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+            if depth < 0:
+                raise ValueError(f"unbalanced ']' in node list {spec!r}")
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if depth:
+        raise ValueError(f"unbalanced '[' in node list {spec!r}")
+    parts.append(cur)
+    return parts
+
+
+def job_id() -> str:
+    jid = os.environ.get("SLURM_JOB_ID", "")
+    if not jid:
+        raise SystemExit("SLURM_JOB_ID is not set: this command must run inside a Slurm job")
+    return jid
+
+
+def job_nodes(jid: str | None = None) -> list[str]:
+    """Nodes of the allocation. The Snakemake plugin strips SLURM_JOB_NODELIST, so ask squeue."""
+    jid = jid or job_id()
+    out = subprocess.run(["squeue", "-h", "-j", jid, "-o", "%N"], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise SystemExit(f"squeue could not list the nodes of job {jid}: {out.stderr.strip()}")
+    return expand_nodelist(out.stdout.strip())
+
+
+PORTS_PER_JOB = 40
+
+
+def job_ports(jid: int, base: int, span: int) -> dict[str, int]:
+    """A block of ports unique to this Slurm job inside [base, base+span).
+
+    Two runs on one cluster get different job ids and so different blocks (until the
+    range wraps, span/40 jobs later); the defaults of Ray and vLLM are never used.
+    """
+    if span < 5 * PORTS_PER_JOB:
+        raise ValueError(f"port range {span} too small: needs at least {5 * PORTS_PER_JOB} ports")
+    if base + span > 65535:
+        raise ValueError(f"port range {base}+{span} exceeds 65535")
+    blocks = span // PORTS_PER_JOB
+    start = base + (jid % blocks) * PORTS_PER_JOB
+    names = ["gcs", "serve", "node_manager", "object_manager", "client_server", "dashboard_agent_grpc",
+             "dashboard_agent_http", "runtime_env_agent", "metrics_export", "min_worker", "max_worker"]
+    ports = {n: start + i for i, n in enumerate(names)}
+    # Ray's worker port range [min_worker, max_worker] gets the rest of the block.
+    ports["max_worker"] = start + PORTS_PER_JOB - 1
+    return ports
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Slurm helpers for stage scripts")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("nodes", help="comma-separated nodes of this job's allocation")
+    p = sub.add_parser("ports", help="this job's port block as JSON")
+    p.add_argument("--base", type=int, required=True)
+    p.add_argument("--span", type=int, required=True)
+    a = ap.parse_args(argv)
+    if a.cmd == "nodes":
+        print(",".join(job_nodes()))
+    else:
+        import json
+
+        print(json.dumps(job_ports(int(job_id()), a.base, a.span)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,245 @@
+"""Build a tiny, reproducible Qwen2 model that vLLM can serve on CPU (DESIGN.md §7).
+
+There is no model hub on the sandbox or in CI, so the model is built locally: a byte-level
+BPE tokenizer trained on text every Linux box has, plus seeded random float32 weights. The
+output is meaningless but deterministic, which is all the ladder needs to compare a
+multi-node run against a single-node one.
+
+    python -m ladder.tinymodel --out .cache/models/tiny [--seed 0] [--layers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+MARKER = "ladder-tinymodel.json"
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+# ChatML, as Qwen2 uses; vLLM's chat endpoint needs a template in tokenizer_config.json.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+LICENSE_DIR = Path("/usr/share/common-licenses")
+STDLIB_FILES = ("argparse.py", "textwrap.py", "string.py", "functools.py", "json/__init__.py")
+WEIGHT_GLOBS = ("*.safetensors", "pytorch_model*.bin")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the built files; hashed into the cache marker."""
+
+    seed: int = 0
+    layers: int = 4
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    heads: int = 4
+    kv_heads: int = 2
+    max_position: int = 512
+    # Bump when the build code changes its output, so stale caches are rebuilt.
+    code_version: int = 2
+
+
+def corpus_files() -> list[Path]:
+    """Local training text: licenses (Debian/Ubuntu) and a few stdlib sources (everywhere)."""
+    files: list[Path] = []
+    if LICENSE_DIR.is_dir():
+        # Symlinks (GPL -> GPL-3) would only duplicate text.
+        files += sorted(p for p in LICENSE_DIR.iterdir() if p.is_file() and not p.is_symlink())
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files += [stdlib / name for name in STDLIB_FILES if (stdlib / name).is_file()]
+    return files
+
+
+def recipe_hash(recipe: Recipe, corpus: Sequence[Path]) -> str:
+    """Hash of the recipe and the corpus contents (another Python's stdlib gives another model)."""
+    h = hashlib.sha256(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode())
+    for path in corpus:
+        h.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]
+
+
+def _read_json(path: Path) -> tuple[object | None, str | None]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), None
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"{path}: unreadable ({exc})"
+    except json.JSONDecodeError as exc:
+        return None, f"{path}: invalid JSON ({exc})"
+
+
+def check_model_dir(path: str | Path, *, require_weights: bool = True) -> list[str]:
+    """Problems that would make vLLM fail on this model directory, each naming the file.
+
+    Run before submitting any Slurm job so a typo costs seconds, not a queue wait. Pass
+    require_weights=False for configs served with `--load-format dummy`.
+    """
+    root = Path(path)
+    if not root.exists():
+        return [f"{root}: model directory does not exist"]
+    if not root.is_dir():
+        return [f"{root}: not a directory"]
+    problems: list[str] = []
+
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        problems.append(f"{config_path}: missing (the model config vLLM reads first)")
+    else:
+        config, err = _read_json(config_path)
+        if err:
+            problems.append(err)
+        elif not isinstance(config, dict) or "model_type" not in config:
+            problems.append(f"{config_path}: not a model config (no 'model_type')")
+
+    for name in ("tokenizer_config.json", "generation_config.json", "tokenizer.json"):
+        if (root / name).is_file() and (err := _read_json(root / name)[1]):
+            problems.append(err)
+    if not (root / "tokenizer_config.json").is_file():
+        problems.append(f"{root / 'tokenizer_config.json'}: missing tokenizer file")
+    has_vocab = (root / "tokenizer.json").is_file() or (root / "tokenizer.model").is_file() or (
+        (root / "vocab.json").is_file() and (root / "merges.txt").is_file()
+    )
+    if not has_vocab:
+        alternatives = "tokenizer.model or vocab.json+merges.txt"
+        problems.append(f"{root / 'tokenizer.json'}: missing tokenizer file (and no {alternatives})")
+
+    if require_weights:
+        problems += _weight_problems(root)
+    return problems
+
+
+def _weight_problems(root: Path) -> list[str]:
+    for index_path in sorted(root.glob("*.index.json")):
+        index, err = _read_json(index_path)
+        if err:
+            return [err]
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            return [f"{index_path}: no 'weight_map'"]
+        missing = sorted({str(s) for s in weight_map.values()} - {p.name for p in root.iterdir()})
+        return [f"{root / shard}: weight shard listed in {index_path.name} is missing" for shard in missing]
+    if any(p.stat().st_size > 0 for g in WEIGHT_GLOBS for p in root.glob(g)):
+        return []
+    return [f"{root}: no weights (*.safetensors or pytorch_model*.bin)"]
+
+
+def _train_tokenizer(recipe: Recipe, texts: Iterable[str]):  # -> PreTrainedTokenizerFast
+    # Imported lazily: check_model_dir must stay cheap for the pre-submit check.
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=recipe.vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),  # ids 0, 1, 2
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # any byte stays encodable
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=recipe.max_position,
+    )
+
+
+def build(out: Path, recipe: Recipe) -> str:
+    """Build into `out` unless it already holds this recipe's build; returns a one-line status."""
+    corpus = corpus_files()
+    if not corpus:
+        raise SystemExit("tinymodel: no corpus text found (neither common-licenses nor stdlib sources)")
+    digest = recipe_hash(recipe, corpus)
+    marker = out / MARKER
+    if marker.is_file() and not check_model_dir(out):
+        old, err = _read_json(marker)
+        if not err and isinstance(old, dict) and old.get("recipe_hash") == digest:
+            return f"tinymodel: {out} already built (recipe {digest}), nothing to do"
+    # Never delete a directory we did not create: only an empty dir or an earlier build.
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not marker.is_file())):
+        raise SystemExit(f"tinymodel: {out} exists and is not a tinymodel build; refusing to replace it")
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    start = time.monotonic()
+    tokenizer = _train_tokenizer(recipe, (p.read_text(encoding="utf-8", errors="replace") for p in corpus))
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    config = Qwen2Config(
+        vocab_size=recipe.vocab_size,
+        hidden_size=recipe.hidden_size,
+        intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.layers,
+        num_attention_heads=recipe.heads,
+        num_key_value_heads=recipe.kv_heads,
+        max_position_embeddings=recipe.max_position,
+        tie_word_embeddings=False,
+        # Qwen2Config defaults point at Qwen's 151k vocab; use our specials instead.
+        bos_token_id=ids[0],
+        eos_token_id=ids[2],
+        pad_token_id=ids[0],
+        dtype="float32",
+    )
+    torch.manual_seed(recipe.seed)
+    model = Qwen2ForCausalLM(config).to(torch.float32).eval()
+    n_params = sum(p.numel() for p in model.parameters())
+
+    # Build next to the target and swap in, so an interrupted build never looks complete.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # transformers 5 writes tokenizer_class "TokenizersBackend", unknown to 4.x (GPU
+        # clusters); the generic class plus an inline template load with either.
+        tok_config_path = tmp / "tokenizer_config.json"
+        tok_config = json.loads(tok_config_path.read_text())
+        tok_config.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE)
+        tok_config_path.write_text(json.dumps(tok_config, indent=2) + "\n")
+        info = {"recipe_hash": digest, "recipe": dataclasses.asdict(recipe), "params": n_params,
+                "corpus": [str(p) for p in corpus]}
+        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        if problems := check_model_dir(tmp):
+            raise RuntimeError("tinymodel: built model fails its own check: " + "; ".join(problems))
+        # mkdtemp makes the directory 0700; Ray workers of other users on a cluster may read it.
+        for p in (tmp, *tmp.iterdir()):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return f"tinymodel: built {out} (recipe {digest}, {n_params} params, {time.monotonic() - start:.1f} s)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ladder.tinymodel", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="model directory to create")
+    parser.add_argument("--seed", type=int, default=0, help="weight-init seed (default 0)")
+    parser.add_argument("--layers", type=int, default=4,
+                        help="decoder layers (default 4); vLLM splits them unevenly across PP ranks")
+    args = parser.parse_args(argv)
+    if args.layers < 1:
+        parser.error("--layers must be >= 1")
+    print(build(args.out, Recipe(seed=args.seed, layers=args.layers)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
