@@ -28,9 +28,25 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-DEFAULT_STATE = Path(os.environ.get("LADDER_SANDBOX", Path(__file__).resolve().parents[2] / ".sandbox"))
-BRIDGE = "ladder0"
-NS_PREFIX = "ladder-"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_state(instance: int) -> Path:
+    return Path(os.environ.get("LADDER_SANDBOX", ROOT / (".sandbox" if instance == 0 else f".sandbox{instance}")))
+
+
+# Several sandboxes can run side by side (e.g. a test session beside a demo): every
+# name, the subnet and slurmctld's port derive from the instance number.
+def bridge(instance: int) -> str:
+    return f"ladder{instance}"
+
+
+def ns_prefix(instance: int) -> str:
+    return f"ladder{instance}-"
+
+
+def veth(instance: int, node: str) -> str:
+    return f"l{instance}-{node}"
 APT_PACKAGES = ["slurm-wlm", "munge", "iproute2", "util-linux"]
 
 
@@ -41,8 +57,12 @@ class Spec:
     mem_mb: int = 8000
     fake_gpus: int = 0
     real_gpus: bool = False
-    subnet: str = "10.77.0"  # /24; the host side of the bridge is .1, node i is .(10+i)
+    instance: int = 0
+    subnet: str = ""  # /24, default 10.77.<instance>; the bridge is .1, node i is .(10+i)
     shm_mb: int = 4096
+
+    def __post_init__(self) -> None:
+        self.subnet = self.subnet or f"10.77.{self.instance}"
 
     def node_names(self) -> list[str]:
         return [f"n{i}" for i in range(1, self.nodes + 1)]
@@ -152,6 +172,7 @@ def write_configs(spec: Spec, state_dir: Path) -> Path:
     conf = f"""# written by ladder.sandbox; do not edit (re-run `up` with other options)
 ClusterName=ladder
 SlurmctldHost={host}({spec.subnet}.1)
+SlurmctldPort={6817 + 10 * spec.instance}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -185,32 +206,33 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 # ---------------------------------------------------------------- network
 def net_up(spec: Spec) -> None:
-    if sh("ip", "link", "show", BRIDGE, check=False).returncode != 0:
-        sh("ip", "link", "add", BRIDGE, "type", "bridge")
-    sh("ip", "addr", "replace", f"{spec.subnet}.1/24", "dev", BRIDGE)
-    sh("ip", "link", "set", BRIDGE, "up")
+    br = bridge(spec.instance)
+    if sh("ip", "link", "show", br, check=False).returncode != 0:
+        sh("ip", "link", "add", br, "type", "bridge")
+    sh("ip", "addr", "replace", f"{spec.subnet}.1/24", "dev", br)
+    sh("ip", "link", "set", br, "up")
     for i, node in enumerate(spec.node_names(), start=1):
-        ns = NS_PREFIX + node
+        ns = ns_prefix(spec.instance) + node
         if not Path(f"/run/netns/{ns}").exists():
             sh("ip", "netns", "add", ns)
-        host_if = f"ldr-{node}"
+        host_if = veth(spec.instance, node)
         if sh("ip", "link", "show", host_if, check=False).returncode != 0:
             sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "link", "set", host_if, "master", BRIDGE, "up")
+        sh("ip", "link", "set", host_if, "master", br, "up")
         sh("ip", "-n", ns, "addr", "replace", f"{spec.node_ip(i)}/24", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
 
 
-def our_namespaces() -> list[str]:
+def our_namespaces(instance: int) -> list[str]:
     d = Path("/run/netns")
-    return sorted(p.name for p in d.glob(NS_PREFIX + "*")) if d.exists() else []
+    return sorted(p.name for p in d.glob(ns_prefix(instance) + "*")) if d.exists() else []
 
 
-def pids_in_namespaces() -> list[int]:
+def pids_in_namespaces(instance: int) -> list[int]:
     """Every process whose network namespace is one of ours (job steps, Ray, vLLM, slurmd)."""
     inodes = set()
-    for ns in our_namespaces():
+    for ns in our_namespaces(instance):
         with contextlib.suppress(OSError):
             inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
     out = []
@@ -225,12 +247,12 @@ def pids_in_namespaces() -> list[int]:
     return out
 
 
-def net_down() -> None:
-    for ns in our_namespaces():
-        node = ns[len(NS_PREFIX) :]
-        sh("ip", "link", "del", f"ldr-{node}", check=False)
+def net_down(instance: int) -> None:
+    for ns in our_namespaces(instance):
+        node = ns[len(ns_prefix(instance)) :]
+        sh("ip", "link", "del", veth(instance, node), check=False)
         sh("ip", "netns", "del", ns, check=False)
-    sh("ip", "link", "del", BRIDGE, check=False)
+    sh("ip", "link", "del", bridge(instance), check=False)
 
 
 # ---------------------------------------------------------------- daemons
@@ -290,8 +312,8 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
         if all(s in ("idle", "mix", "alloc") for s in sinfo_nodes(env).values()):
             print(f"sandbox already up: {len(old.spec.node_names())} nodes ({state_dir})")
             return old
-    if old or our_namespaces():
-        down(state_dir, quiet=True)
+    if old or our_namespaces(spec.instance):
+        down(state_dir, spec.instance, quiet=True)
     ensure_packages()
     state_dir.mkdir(parents=True, exist_ok=True)
     conf = write_configs(spec, state_dir)
@@ -316,7 +338,7 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
         # jobstep plugin strips SLURM_CONF before its nested srun.
         inner = (f"hostname {node} && mount -t tmpfs -o size={spec.shm_mb}m,mode=1777 ladder-shm /dev/shm"
                  f" && mount --bind {conf.parent} /etc/slurm && exec slurmd -D -N {node}")
-        cmd = ["nsenter", f"--net=/run/netns/{NS_PREFIX}{node}", "unshare", "--uts", "--mount",
+        cmd = ["nsenter", f"--net=/run/netns/{ns_prefix(spec.instance)}{node}", "unshare", "--uts", "--mount",
                "--propagation", "private", "sh", "-c", inner]
         state.pids[f"slurmd:{node}"] = spawn(cmd, state_dir / "log" / f"slurmd-{node}.out", env)
         save_state(state_dir, state)
@@ -350,23 +372,28 @@ def stop_pids(pids: list[int], grace: float = 10) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def down(state_dir: Path, quiet: bool = False) -> None:
+def down(state_dir: Path, instance: int = 0, quiet: bool = False) -> None:
     state_dir = state_dir.resolve()
     state = load_state(state_dir)
+    if state:
+        instance = state.spec.instance
     expected = {"slurmctld": "slurmctld", "munged": "munged", "slurmd": "slurmd"}
     ours = []
     if state:
+        others = [ns for ns in (Path("/run/netns").glob("ladder*-*")) if not ns.name.startswith(ns_prefix(instance))]
         for role, pid in state.pids.items():
+            if role == "munged" and others:
+                continue  # another sandbox still authenticates through it
             if pid_alive(pid, expected[role.split(":")[0]]):
                 ours.append(pid)
     # Jobs, Ray and vLLM left inside our nodes (e.g. after slurmd was killed -9).
-    ours += [p for p in pids_in_namespaces() if p not in ours]
+    ours += [p for p in pids_in_namespaces(instance) if p not in ours]
     stop_pids(ours)
-    net_down()
+    net_down(instance)
     if state:
         (state_dir / "state.json").unlink(missing_ok=True)
     if not quiet:
-        print(f"sandbox down: stopped {len(ours)} processes, removed namespaces and {BRIDGE}")
+        print(f"sandbox down: stopped {len(ours)} processes, removed namespaces and {bridge(instance)}")
 
 
 def status(state_dir: Path) -> int:
@@ -389,7 +416,9 @@ def status(state_dir: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="ladder-sandbox", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--state", type=Path, default=DEFAULT_STATE, help="state directory (default: %(default)s)")
+    ap.add_argument("--instance", type=int, default=0, choices=range(10),
+                    help="sandbox number, for several side by side (default 0)")
+    ap.add_argument("--state", type=Path, help="state directory (default: .sandbox, .sandbox<instance>)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="install what is missing and start the cluster (idempotent)")
     u.add_argument("--nodes", type=int, default=2, help="slurmd nodes (default 2)")
@@ -397,19 +426,20 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--mem-mb", type=int, default=8000, help="memory each node offers to Slurm (MB)")
     u.add_argument("--fake-gpus", type=int, default=0, help="fake GPU gres per node (scheduling tests)")
     u.add_argument("--real-gpus", action="store_true", help="split this machine's /dev/nvidiaN over the nodes")
-    u.add_argument("--subnet", default="10.77.0", help="first three octets of the private /24")
+    u.add_argument("--subnet", default="", help="first three octets of the private /24 (default 10.77.<instance>)")
     u.add_argument("--timeout", type=float, default=60, help="seconds to wait for every node to be idle")
     sub.add_parser("status", help="show daemons and node states; exit 1 unless all are up")
     sub.add_parser("down", help="stop what `up` started and remove namespaces and bridge")
     sub.add_parser("env", help="print the shell export that points Slurm commands at the sandbox")
     a = ap.parse_args(argv)
+    a.state = a.state or default_state(a.instance)
     if a.cmd == "up":
         if not 1 <= a.nodes <= 16:
             ap.error("--nodes must be between 1 and 16")
         if a.fake_gpus and a.real_gpus:
             ap.error("--fake-gpus and --real-gpus exclude each other")
         spec = Spec(nodes=a.nodes, cpus=a.cpus, mem_mb=a.mem_mb, fake_gpus=a.fake_gpus,
-                    real_gpus=a.real_gpus, subnet=a.subnet)
+                    real_gpus=a.real_gpus, subnet=a.subnet, instance=a.instance)
         try:
             up(spec, a.state, a.timeout)
         except SandboxError as err:
@@ -417,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if a.cmd == "down":
-        down(a.state)
+        down(a.state, a.instance)
         return 0
     if a.cmd == "env":
         print(f"export SLURM_CONF={(a.state.resolve() / 'etc' / 'slurm.conf')}")

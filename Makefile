@@ -1,0 +1,43 @@
+# Two commands for a fresh machine (README): `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NODES ?= 2
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export SLURM_CONF := $(CURDIR)/.sandbox/etc/slurm.conf
+
+.PHONY: setup sandbox demo test unit lint down clean
+
+# The pinned environment (envs/cpu.lock.txt) + ladder itself; rebuilt when the lock changes.
+$(VENV)/.lock-stamp: envs/cpu.lock.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r envs/cpu.lock.txt
+	$(PY) -m pip install -q --no-deps -e .
+	cp envs/cpu.lock.txt $@
+
+setup: $(VENV)/.lock-stamp
+
+sandbox: setup
+	$(PY) -m ladder.sandbox up --nodes $(NODES)
+
+# First command: everything, on the embedded sandbox cluster.
+demo: sandbox
+	snakemake --profile profiles/sandbox all
+
+# Second command: unit tests, then the sandbox integration tests (real Slurm, Ray, vLLM on CPU).
+test: setup
+	$(PY) -m pytest -m "not gpu" tests
+
+unit: setup
+	$(PY) -m pytest -m unit tests
+
+lint: setup
+	ruff check scripts tests
+	snakemake --lint
+
+down:
+	$(PY) -m ladder.sandbox down
+
+clean: down
+	rm -rf results .snakemake
