@@ -5,7 +5,8 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The repo's config, whatever --directory says; --configfile merges over it.
+configfile: workflow.source_path("config/config.yaml")
 
 
 validate(config, "config/schema.yaml")
@@ -14,9 +15,10 @@ validate(config, "config/schema.yaml")
 include: "rules/common.smk"
 include: "rules/env.smk"
 include: "rules/probe.smk"
+include: "rules/ray.smk"
 
 
 rule all:
     input:
-        "results/probe/verdict.json",
+        "results/ray/verdict.json",
     default_target: True

@@ -59,6 +59,17 @@ def env_fingerprint():
     return h.hexdigest()[:16]
 
 
+
+
+def config_json():
+    """The validated config with defaults filled, content-addressed, for stage scripts."""
+    path = Path("results/.config") / f"{config_hash()}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=1, sort_keys=True))
+    return str(path)
+
+
 CONDA_ENV = f"../envs/{config['env']['flavor']}.conda.yaml"
 # What every stage's shell needs; passed as params so provenance tracks them.
 COMMON = {"py": PY}

@@ -48,7 +48,7 @@ def make_plan(parallel: dict[str, Any], nodes: int, gpus_per_node: int, shape: d
     if tp == "auto":
         tp = max(gpus_per_node, 1)
         heads = shape.get("num_attention_heads", tp)
-        while heads % tp:  # largest divisor of the heads that fits the node
+        while heads % tp or (gpus_per_node and gpus_per_node % tp):  # largest divisor of heads and GPUs
             tp -= 1
     if pp == "auto":
         pp = nodes

@@ -89,9 +89,10 @@ def job_ports(jid: int, base: int, span: int) -> dict[str, int]:
     blocks = span // PORTS_PER_JOB
     start = base + (jid % blocks) * PORTS_PER_JOB
     names = ["gcs", "serve", "node_manager", "object_manager", "client_server", "dashboard_agent_grpc",
-             "dashboard_agent_http", "runtime_env_agent", "metrics_export", "min_worker", "max_worker"]
+             "dashboard_agent_http", "runtime_env_agent", "metrics_export", "torch_dist", "vllm"]
     ports = {n: start + i for i, n in enumerate(names)}
-    # Ray's worker port range [min_worker, max_worker] gets the rest of the block.
+    # vLLM takes a few ports upward of VLLM_PORT; Ray's workers get the upper half.
+    ports["min_worker"] = start + PORTS_PER_JOB // 2
     ports["max_worker"] = start + PORTS_PER_JOB - 1
     return ports
 

@@ -106,12 +106,13 @@ def _platform_cls() -> type:
         # (the list meant for RAY_EXPERIMENTAL_NOSET_*), so actors select this platform even
         # where a node's `ray start` environment lacks it.
         ray_device_key: str = RAY_RESOURCE
-        ray_noset_device_env_vars: list[str] = [ENV_FLAG]  # noqa: RUF012 (vLLM's own type)
+        ray_noset_device_env_vars: list[str] = [ENV_FLAG]
 
         @classmethod
         def get_device_communicator_cls(cls) -> str:
             return f"{__name__}.{COMMUNICATOR_CLS}"
 
+    LadderCpuRayPlatform.__qualname__ = PLATFORM_CLS  # pickles by reference via __getattr__
     return LadderCpuRayPlatform
 
 
@@ -130,6 +131,7 @@ def _communicator_cls() -> type:
             torch.distributed.all_gather_object(peers, local, group=self.device_group)
             return shm_fast_path_ok([tuple(p) for p in peers])
 
+    LadderCpuCommunicator.__qualname__ = COMMUNICATOR_CLS
     return LadderCpuCommunicator
 
 

@@ -1,0 +1,152 @@
+"""Stage ray: bring up Ray across the allocation and verify it, then stop it.
+
+Checks: every node joined; per-node CPU/GPU resources and registered IP match the
+allocation and the probe; a task pinned to each node answers with that node's
+hostname and VLLM_HOST_IP; a cross-node object transfer (MB/s); on GPU nodes an
+NCCL all-reduce across nodes (sum, bus bandwidth, the transport NCCL chose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ladder import slurm
+from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
+from ladder.verdict import Verdict, require_gate, write_json
+
+
+def check_nodes(v: Verdict, cluster: RayCluster, probe: dict[str, dict[str, Any]], cpus: int) -> dict[str, str]:
+    """Resources and addresses as Ray reports them; returns node -> Ray node id."""
+    joined = cluster.alive_nodes()
+    ids = {}
+    for node in cluster.spec.nodes:
+        info = joined.get(node)
+        if info is None:
+            v.check(f"{node}:joined", False, False, True)
+            continue
+        ids[node] = info["NodeID"]
+        res = info["Resources"]
+        want_gpus = probe[node]["gpus"]["count"] if node in probe else cluster.spec.gpus
+        v.check(f"{node}:ray_cpus", res.get("CPU", 0) == cpus, res.get("CPU", 0), cpus, "CPUs")
+        v.check(f"{node}:ray_gpus", res.get("GPU", 0) == want_gpus, res.get("GPU", 0), want_gpus, "GPUs",
+                detail="expected = GPUs the probe found on this node")
+        v.check(f"{node}:ray_ip", info["NodeManagerAddress"] == cluster.spec.addrs[node],
+                info["NodeManagerAddress"], cluster.spec.addrs[node], detail="Ray's registered IP vs the probe's")
+    return ids
+
+
+def check_tasks(v: Verdict, ids: dict[str, str], addrs: dict[str, str]) -> None:
+    import socket
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def whoami() -> tuple[str, str]:
+        import os
+
+        return socket.gethostname(), os.environ.get("VLLM_HOST_IP", "")
+
+    refs = {n: whoami.options(scheduling_strategy=NodeAffinitySchedulingStrategy(i, soft=False)).remote()
+            for n, i in ids.items()}
+    for node, ref in refs.items():
+        host, vllm_ip = ray.get(ref, timeout=60)
+        v.check(f"{node}:task_hostname", host == node, host, node)
+        v.check(f"{node}:vllm_host_ip", vllm_ip == addrs[node], vllm_ip, addrs[node],
+                detail="VLLM_HOST_IP seen by a Ray worker must equal the node's Ray IP")
+
+
+def check_transfer(v: Verdict, ids: dict[str, str], head: str, size_mb: int) -> None:
+    import numpy as np
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def consume(arr: Any) -> float:
+        return float(arr.sum())
+
+    others = [n for n in ids if n != head]
+    if not others:
+        v.check("object_transfer", None, detail="single node: no cross-node transfer")
+        return
+    arr = np.ones(size_mb * 2**20 // 8, dtype=np.float64)
+    rates = []
+    for node in others:
+        strategy = NodeAffinitySchedulingStrategy(ids[node], soft=False)
+        ray.get(consume.options(scheduling_strategy=strategy).remote(np.ones(8)), timeout=60)  # warm worker
+        ref = ray.put(arr)
+        t0 = time.perf_counter()
+        total = ray.get(consume.options(scheduling_strategy=strategy).remote(ref), timeout=300)
+        dt = time.perf_counter() - t0
+        rates.append(size_mb / dt)
+        v.check(f"{head}->{node}:object_transfer", total == arr.size, total, float(arr.size),
+                detail=f"{size_mb} MB in {dt:.3f}s = {size_mb / dt:.0f} MB/s")
+        del ref
+    v.metrics["transfer_mb_s_min"] = round(min(rates), 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--gate", type=Path, required=True, help="probe verdict (must pass)")
+    ap.add_argument("--probe", type=Path, required=True, help="results/probe/nodes.json")
+    ap.add_argument("--config", type=Path, required=True, help="resolved config (JSON)")
+    ap.add_argument("--log-dir", type=Path, required=True)
+    ap.add_argument("--verdict", type=Path, required=True)
+    ap.add_argument("--cluster-out", type=Path, required=True, help="what came up (nodes, ports, timings)")
+    ap.add_argument("--config-hash", default="")
+    a = ap.parse_args(argv)
+    require_gate(a.gate)
+    cfg = json.loads(a.config.read_text())
+    v = Verdict("ray", config_hash=a.config_hash)
+    job = slurm.job_id()
+    nodes = slurm.job_nodes(job)
+    v.nodes = nodes
+    probe = {n["slurm_node"]: n for n in json.loads(a.probe.read_text())["nodes"]}
+    addrs, ifaces = addresses_from_probe([probe[n] for n in nodes if n in probe])
+    unknown = [n for n in nodes if n not in addrs]
+    if unknown:
+        v.check("nodes_probed", False, unknown, "every allocated node in probe/nodes.json",
+                detail="re-run the probe stage on this allocation's nodes")
+        return v.finish(a.verdict)
+    rc = cfg["ray"]
+    spec = Spec(job=job, nodes=nodes, addrs=addrs, ifaces=ifaces,
+                ports=slurm.job_ports(int(job), rc["port_base"], rc["port_range"]),
+                cpus=cfg["cluster"]["cpus_per_node"], gpus=cfg["cluster"]["gpus_per_node"],
+                object_store_mb=rc["object_store_mb"], log_dir=str(a.log_dir), join_timeout_s=rc["join_timeout_s"])
+    cluster = RayCluster(spec)
+    try:
+        import ray
+
+        v.versions["ray"] = ray.__version__
+        cluster.start()
+        try:
+            bringup = cluster.wait()
+        except ClusterError as err:
+            v.check("nodes_joined", False, None, len(nodes), "nodes", detail=str(err))
+            print(str(err), file=sys.stderr, flush=True)
+            return v.finish(a.verdict)
+        v.metrics["bringup_s"] = round(bringup, 2)
+        v.check("nodes_joined", True, len(nodes), len(nodes), "nodes", detail=f"all joined in {bringup:.1f}s")
+        ids = check_nodes(v, cluster, probe, spec.cpus)
+        check_tasks(v, ids, addrs)
+        check_transfer(v, ids, spec.head, rc["transfer_mb"])
+        if spec.gpus:
+            from ladder.collective import check_allreduce
+
+            check_allreduce(v, ids, spec, cfg["ray"])
+        else:
+            v.check("nccl_allreduce", None, detail="not applicable: no GPUs on these nodes (cluster.gpus_per_node=0)")
+        write_json(a.cluster_out, {"spec": {k: val for k, val in spec.__dict__.items() if k != "env"},
+                                   "bringup_s": round(bringup, 2)})
+    finally:
+        cluster.stop()
+    return v.finish(a.verdict)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""Shared fixtures: the test sandbox cluster and a runner for the real DAG.
+
+``sandbox`` (session) brings up sandbox instance $LADDER_TEST_SANDBOX (default 7) with
+3 nodes once per session and takes it down at the end unless LADDER_KEEP_SANDBOX=1.
+``run_dag`` runs ``snakemake --profile profiles/sandbox`` in an isolated work directory
+with a config written from config/config.yaml deep-merged with per-test overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SANDBOX_NODES = 3  # both 2- and 3-node stages fit
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``base`` with ``over`` merged in (dicts recursively, everything else replaced)."""
+    out = copy.deepcopy(base)
+    for key, val in over.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], val)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
+
+
+def repo_config() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text()) or {}
+
+
+def make_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The repo's config + overrides, with env.prefix absolute (the repo's .venv)."""
+    cfg = deep_merge(repo_config(), overrides or {})
+    prefix = Path(cfg.get("env", {}).get("prefix", ".venv"))
+    cfg.setdefault("env", {})["prefix"] = str(prefix if prefix.is_absolute() else ROOT / prefix)
+    return cfg
+
+
+@dataclass
+class Sandbox:
+    instance: int
+    nodes: int
+    state_dir: Path
+
+    @property
+    def slurm_conf(self) -> Path:
+        return self.state_dir / "etc" / "slurm.conf"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return dict(os.environ, SLURM_CONF=str(self.slurm_conf), PATH=f"{BIN}:{os.environ.get('PATH', '')}", **extra)
+
+    def node_names(self) -> list[str]:
+        return [f"n{i}" for i in range(1, self.nodes + 1)]
+
+    def node_ip(self, i: int) -> str:
+        return f"10.77.{self.instance}.{10 + i}"
+
+    def slurm(self, *cmd: str, timeout: float = 30) -> str:
+        res = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
+        assert res.returncode == 0, f"{' '.join(cmd)} failed: {res.stderr}"
+        return res.stdout
+
+    def job_ids(self) -> set[int]:
+        """Every job slurmctld remembers (MinJobAge=3600 keeps finished ones)."""
+        out = self.slurm("squeue", "-h", "-t", "all", "-o", "%i")
+        return {int(x) for x in out.split()}
+
+
+def sandbox_cli(instance: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ladder.sandbox", "--instance", str(instance), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[Sandbox]:
+    instance = int(os.environ.get("LADDER_TEST_SANDBOX", "7"))
+    if instance in (0, 1):
+        pytest.fail("LADDER_TEST_SANDBOX must not be 0 or 1 (the demo's and the developer's sandboxes)")
+    res = sandbox_cli(instance, "up", "--nodes", str(SANDBOX_NODES))
+    assert res.returncode == 0, f"sandbox up failed:\n{res.stdout}\n{res.stderr}"
+    sb = Sandbox(instance, SANDBOX_NODES, ROOT / f".sandbox{instance}")
+    assert sb.slurm_conf.exists(), sb.slurm_conf
+    yield sb
+    if os.environ.get("LADDER_KEEP_SANDBOX") != "1":
+        res = sandbox_cli(instance, "down")
+        assert res.returncode == 0, f"sandbox down failed:\n{res.stdout}\n{res.stderr}"
+
+
+@dataclass
+class DagRun:
+    returncode: int
+    stdout: str  # stdout and stderr together, in order
+    elapsed: float
+    workdir: Path
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def results(self) -> Path:
+        return self.workdir / "results"
+
+    def submitted(self) -> dict[str, int]:
+        """rule -> Slurm job id, from the plugin's 'submitted with SLURM jobid' lines."""
+        return {m[1]: int(m[0]) for m in re.findall(r"SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", self.stdout)}
+
+
+RunDag = Callable[..., DagRun]
+
+
+@pytest.fixture
+def run_dag(sandbox: Sandbox, tmp_path: Path) -> RunDag:
+    """run_dag(*targets, overrides={...}, workdir=None, timeout=600, extra=[...]) -> DagRun."""
+
+    def run(*targets: str, overrides: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+            workdir: Path | None = None, timeout: float = 600, extra: tuple[str, ...] = ()) -> DagRun:
+        wd = workdir or tmp_path / "work"
+        wd.mkdir(parents=True, exist_ok=True)
+        cfg = config if config is not None else make_config(overrides)
+        cfg_file = wd / "test-config.yaml"
+        cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(wd),
+               "--configfile", str(cfg_file), "--profile", str(ROOT / "profiles" / "sandbox"), *extra, *targets]
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=wd, env=sandbox.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # SIGTERM lets Snakemake scancel its jobs; then make sure it is gone.
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                out, _ = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, _ = proc.communicate()
+            pytest.fail(f"snakemake {' '.join(targets)} timed out after {timeout}s:\n{out[-4000:]}")
+        return DagRun(proc.returncode, out, time.monotonic() - t0, wd, cfg)
+
+    return run
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests without a kind marker get one from their folder, so `-m unit` / `-m sandbox` miss none."""
+    kinds = {"unit", "sandbox", "gpu"}
+    for item in items:
+        if kinds & {m.name for m in item.iter_markers()}:
+            continue
+        parts = Path(str(item.fspath)).relative_to(ROOT).parts
+        if "unit" in parts:
+            item.add_marker(pytest.mark.unit)
+        elif "integration" in parts:
+            item.add_marker(pytest.mark.sandbox)
