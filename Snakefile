@@ -16,9 +16,10 @@ include: "rules/common.smk"
 include: "rules/env.smk"
 include: "rules/probe.smk"
 include: "rules/ray.smk"
+include: "rules/single.smk"
 
 
 rule all:
     input:
-        "results/ray/verdict.json",
+        "results/single/verdict.json",
     default_target: True

@@ -17,6 +17,8 @@ PREFIX = Path(config["env"]["prefix"]).resolve()
 PY = f"env PYTHONPATH={Path(workflow.basedir) / 'scripts'} {PREFIX / 'bin' / 'python'}"
 # env itself may have to build that environment, so it runs on the controller's interpreter.
 BOOT_PY = f"env PYTHONPATH={Path(workflow.basedir) / 'scripts'} {sys.executable}"
+# Shared cache: the tiny model and vLLM/inductor compile caches, reused across runs.
+CACHE = str(Path(workflow.basedir) / ".cache")
 LOCK = str(Path(workflow.basedir) / "envs" / f"{config['env']['flavor']}.lock.txt")
 
 

@@ -75,30 +75,45 @@ class Sandbox:
         assert res.returncode == 0, f"{' '.join(cmd)} failed: {res.stderr}"
         return res.stdout
 
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        """python -m ladder.sandbox --instance <this one> ARGS."""
+        return subprocess.run([sys.executable, "-m", "ladder.sandbox", "--instance", str(self.instance), *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
     def job_ids(self) -> set[int]:
         """Every job slurmctld remembers (MinJobAge=3600 keeps finished ones)."""
         out = self.slurm("squeue", "-h", "-t", "all", "-o", "%i")
         return {int(x) for x in out.split()}
 
 
-def sandbox_cli(instance: int, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ladder.sandbox", "--instance", str(instance), *args],
-                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def instance_from_env(var: str, default: int) -> int:
+    instance = int(os.environ.get(var, str(default)))
+    if instance in (0, 1):
+        pytest.fail(f"{var} must not be 0 or 1 (the demo's and the developer's sandboxes)")
+    return instance
 
 
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[Sandbox]:
-    instance = int(os.environ.get("LADDER_TEST_SANDBOX", "7"))
-    if instance in (0, 1):
-        pytest.fail("LADDER_TEST_SANDBOX must not be 0 or 1 (the demo's and the developer's sandboxes)")
-    res = sandbox_cli(instance, "up", "--nodes", str(SANDBOX_NODES))
-    assert res.returncode == 0, f"sandbox up failed:\n{res.stdout}\n{res.stderr}"
+    """The session's cluster: up once (idempotent), down at the end unless LADDER_KEEP_SANDBOX=1."""
+    instance = instance_from_env("LADDER_TEST_SANDBOX", 7)
     sb = Sandbox(instance, SANDBOX_NODES, ROOT / f".sandbox{instance}")
+    res = sb.cli("up", "--nodes", str(SANDBOX_NODES))
+    assert res.returncode == 0, f"sandbox up failed:\n{res.stdout}\n{res.stderr}"
     assert sb.slurm_conf.exists(), sb.slurm_conf
     yield sb
     if os.environ.get("LADDER_KEEP_SANDBOX") != "1":
-        res = sandbox_cli(instance, "down")
+        res = sb.cli("down")
         assert res.returncode == 0, f"sandbox down failed:\n{res.stdout}\n{res.stderr}"
+
+
+@pytest.fixture
+def spare_sandbox() -> Iterator[Sandbox]:
+    """A second instance ($LADDER_TEST_SPARE_SANDBOX, default 8; 2 nodes) for up/down tests; not started."""
+    instance = instance_from_env("LADDER_TEST_SPARE_SANDBOX", 8)
+    sb = Sandbox(instance, 2, ROOT / f".sandbox{instance}")
+    yield sb
+    sb.cli("down")  # whatever a failed test left
 
 
 @dataclass

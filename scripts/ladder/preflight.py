@@ -21,7 +21,9 @@ def problems(config: dict[str, Any], basedir: Path) -> list[str]:
         else:
             from ladder.tinymodel import check_model_dir
 
-            out += [f"model.path: {p}" for p in check_model_dir(Path(model["path"]))]
+            # --load-format dummy makes random weights: the checkpoint needs none.
+            out += [f"model.path: {p}" for p in check_model_dir(Path(model["path"]),
+                                                                require_weights=model["load_format"] != "dummy")]
     if not out:
         try:
             make_plan(config["parallel"], config["cluster"]["nodes"], config["cluster"]["gpus_per_node"],

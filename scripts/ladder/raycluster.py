@@ -12,6 +12,7 @@ ends every Ray process on the machine) and removes its /dev/shm leftovers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -147,17 +148,13 @@ def kill_tree(root: int, marker: str, grace: float = 5) -> None:
         procs = []
     procs += [psutil.Process(p) for p in own_processes(marker) if psutil.pid_exists(p)]
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.terminate()
-        except psutil.NoSuchProcess:
-            pass
     _, alive = psutil.wait_procs(procs, timeout=grace)
     # gcs_server and raylet may ignore SIGTERM (DESIGN.md §7).
     for p in alive + [psutil.Process(p) for p in own_processes(marker) if psutil.pid_exists(p)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def clean_shm(since: float) -> list[str]:
@@ -217,7 +214,8 @@ def run_node(spec: Spec) -> int:
     copy_ray_logs(Path(marker), log_dir)
     removed = clean_shm(t0)
     shutil.rmtree(marker, ignore_errors=True)
-    print(f"[{node}] stopped; processes left: {len(left)}; /dev/shm files removed: {len(removed)}", flush=True)
+    names = [Path(f"/proc/{p}/comm").read_text().strip() for p in left if Path(f"/proc/{p}/comm").exists()]
+    print(f"[{node}] stopped; processes left: {names}; /dev/shm files removed: {len(removed)}", flush=True)
     return 0 if stopping else (rc or 1)
 
 

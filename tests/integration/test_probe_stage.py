@@ -1,0 +1,100 @@
+"""The real env -> probe DAG through snakemake-executor-plugin-slurm on the test sandbox.
+
+One work directory for the module: the 2-node run builds it, the re-run must submit
+nothing, the 3-node run must re-run probe only (env stays cached).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.sandbox
+
+PROBE = "results/probe/verdict.json"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("probe-dag")
+
+
+def check_probe(run, sandbox, nodes: int) -> None:
+    assert run.returncode == 0, run.stdout[-4000:]
+    verdict = json.loads((run.results / "probe" / "verdict.json").read_text())
+    names = [f"n{i}" for i in range(1, nodes + 1)]
+    assert verdict["status"] == "pass", verdict["checks"]
+    assert all(c["ok"] is not False for c in verdict["checks"])
+    assert verdict["nodes"] == names
+    # Gathered by a real Slurm job that ran on exactly those nodes.
+    jid = verdict["slurm_job"]
+    assert int(jid) in sandbox.job_ids()
+    assert sandbox.slurm("squeue", "-h", "-t", "all", "-j", jid, "-o", "%N").strip() == f"n[1-{nodes}]"
+    inventory = json.loads((run.results / "probe" / "nodes.json").read_text())["nodes"]
+    assert [n["slurm_node"] for n in inventory] == names
+    for i, n in enumerate(inventory, start=1):
+        # Its own hostname (UTS namespace) and its own IP (network namespace).
+        assert n["hostname"] == f"n{i}"
+        eth = [nic for nic in n["nics"] if nic["name"] != "lo"]
+        assert [ip for nic in eth for ip in nic["ipv4"]] == [sandbox.node_ip(i)]
+        assert n["gpus"]["kind"] == "cpu-only" and n["gpus"]["count"] == 0
+        assert n["memory"]["total_mib"] > 0 and n["cpu"]["logical"] >= 1
+        log = run.results / "logs" / "probe" / f"n{i}.log"
+        assert f"ipv4: {sandbox.node_ip(i)}" in log.read_text()
+    assert (run.results / "benchmarks" / "probe.tsv").exists()
+    assert list((run.results / "logs" / "slurm" / "rule_probe").glob("*.log"))
+
+
+def test_probe_two_nodes(run_dag, sandbox, workdir):
+    before = sandbox.job_ids()
+    run = run_dag(PROBE, overrides={"cluster": {"nodes": 2}}, workdir=workdir, timeout=300)
+    check_probe(run, sandbox, 2)
+    submitted = run.submitted()
+    assert set(submitted) == {"env", "probe"}, run.stdout[-3000:]
+    assert set(submitted.values()) == sandbox.job_ids() - before
+    env = json.loads((run.results / "env" / "verdict.json").read_text())
+    assert env["status"] == "pass" and env["versions"]["snakemake"] and env["versions"]["ray"]
+    print(f"2-node env+probe: {run.elapsed:.1f}s")
+
+
+def test_rerun_submits_nothing(run_dag, sandbox, workdir):
+    before = sandbox.job_ids()
+    run = run_dag(PROBE, overrides={"cluster": {"nodes": 2}}, workdir=workdir, timeout=60)
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "Nothing to be done" in run.stdout
+    assert run.submitted() == {}
+    assert sandbox.job_ids() == before
+    assert run.elapsed < 10, f"no-op re-run took {run.elapsed:.1f}s"
+    print(f"no-op re-run: {run.elapsed:.1f}s")
+
+
+def test_probe_three_nodes_reruns_probe_only(run_dag, sandbox, workdir):
+    before = sandbox.job_ids()
+    env_mtime = (workdir / "results" / "env" / "verdict.json").stat().st_mtime
+    run = run_dag(PROBE, overrides={"cluster": {"nodes": 3}}, workdir=workdir, timeout=300)
+    check_probe(run, sandbox, 3)
+    # cluster.nodes is not part of env's config hash: env stays cached.
+    assert set(run.submitted()) == {"probe"}, run.stdout[-3000:]
+    assert len(sandbox.job_ids() - before) == 1
+    assert (workdir / "results" / "env" / "verdict.json").stat().st_mtime == env_mtime
+    print(f"3-node probe: {run.elapsed:.1f}s")
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"cluster": {"nodse": 2}}, "'nodse' was unexpected"),
+    ({"clustr": {"nodes": 2}}, "'clustr' was unexpected"),
+    ({"cluster": {"nodes": "two"}}, "On instance['cluster']['nodes']"),
+    ({"ray": {"port_base": 80}}, "On instance['ray']['port_base']"),
+    ({"parallel": {"pipeline_parallel_size": 5}}, "parallel.pipeline_parallel_size=5 exceeds cluster.nodes=2"),
+], ids=["misspelt-key", "misspelt-section", "wrong-type", "out-of-range", "plan"])
+def test_bad_config_fails_fast_without_jobs(run_dag, sandbox, overrides, named):
+    before = sandbox.job_ids()
+    run = run_dag(PROBE, overrides=overrides, timeout=60)
+    assert run.returncode != 0
+    assert named in run.stdout, run.stdout[-3000:]
+    assert run.elapsed < 10, f"rejection took {run.elapsed:.1f}s"
+    assert run.submitted() == {}
+    assert sandbox.job_ids() == before
+    assert not (run.results / "env").exists()

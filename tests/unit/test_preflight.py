@@ -1,0 +1,134 @@
+"""Checks that reject a config before any Slurm job is submitted (ladder.preflight)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ladder import preflight
+from snakemake.utils import validate
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cfg(**sections: dict[str, Any]) -> dict[str, Any]:
+    """A config with the schema's defaults around the given sections."""
+    c: dict[str, Any] = {k: dict(v) for k, v in sections.items()}
+    validate(c, str(ROOT / "config" / "schema.yaml"))
+    return c
+
+
+@pytest.fixture
+def basedir(tmp_path: Path) -> Path:
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs" / "cpu.lock.txt").write_text("ray==2.0\n")
+    return tmp_path
+
+
+def test_defaults_have_no_problems(basedir):
+    assert preflight.problems(cfg(), basedir) == []
+
+
+def test_repo_lock_exists_for_default_flavor():
+    assert preflight.problems(cfg(), ROOT) == []
+
+
+def test_non_tiny_model_needs_path(basedir):
+    assert preflight.problems(cfg(model={"name": "meta-llama/Llama-3-8B"}), basedir) == [
+        "model.path: required when model.name is 'meta-llama/Llama-3-8B' (or use name 'tiny')"]
+
+
+def test_missing_model_dir_named(basedir, tmp_path):
+    found = preflight.problems(cfg(model={"name": "m", "path": str(tmp_path / "nope")}), basedir)
+    assert len(found) == 1
+    assert found[0].startswith("model.path: ") and "does not exist" in found[0]
+
+
+def model_dir(root: Path, weights: bool) -> Path:
+    d = root / "model"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "llama", "num_attention_heads": 32,
+                                               "num_key_value_heads": 8, "num_hidden_layers": 32}))
+    (d / "tokenizer_config.json").write_text("{}")
+    (d / "tokenizer.json").write_text("{}")
+    if weights:
+        (d / "model.safetensors").write_bytes(b"\0" * 16)
+    return d
+
+
+def test_checkpoint_without_weights_rejected(basedir, tmp_path):
+    d = model_dir(tmp_path, weights=False)
+    found = preflight.problems(cfg(model={"name": "m", "path": str(d)}), basedir)
+    assert found and all(p.startswith("model.path: ") for p in found)
+    assert any("no weights" in p for p in found)
+
+
+def test_dummy_load_format_needs_no_weights(basedir, tmp_path):
+    d = model_dir(tmp_path, weights=False)
+    assert preflight.problems(cfg(model={"name": "m", "path": str(d), "load_format": "dummy"},
+                                  env={"flavor": "cpu"}), basedir) == []
+
+
+def test_checkpoint_shape_feeds_the_planner(basedir, tmp_path):
+    d = model_dir(tmp_path, weights=True)
+    found = preflight.problems(cfg(model={"name": "m", "path": str(d)}, parallel={"tensor_parallel_size": 3}),
+                               basedir)
+    assert found == ["parallel.tensor_parallel_size=3 does not divide the model's 32 attention heads"]
+
+
+def test_plan_violation(basedir):
+    found = preflight.problems(cfg(parallel={"pipeline_parallel_size": 3}), basedir)
+    assert found == ["parallel.pipeline_parallel_size=3 exceeds cluster.nodes=2"]
+
+
+def test_port_range_checks(basedir):
+    c = cfg(ray={"port_base": 50000, "port_range": 20000})
+    assert preflight.problems(c, basedir) == ["ray.port_base + ray.port_range = 70000 exceeds 65535"]
+    c["ray"].update(port_base=20000, port_range=100)  # below the schema's minimum, e.g. a hand-built dict
+    assert preflight.problems(c, basedir) == ["ray.port_range=100: too small, needs at least 200 ports"]
+
+
+def test_missing_lock_for_flavor(basedir):
+    found = preflight.problems(cfg(env={"flavor": "cuda"}, cluster={"gpus_per_node": 8}), basedir)
+    assert found == ["env.flavor=cuda: envs/cuda.lock.txt does not exist"]
+
+
+def test_cpu_flavor_with_gpus(basedir):
+    found = preflight.problems(cfg(cluster={"gpus_per_node": 4}), basedir)
+    assert found == ["env.flavor=cpu with cluster.gpus_per_node > 0: use env.flavor=cuda for GPU nodes"]
+
+
+@pytest.mark.parametrize(("sinfo_out", "expected"), [
+    ("", ["cluster.partition='gpu': Slurm knows no such partition"]),
+    ("gpu\n", []),
+])
+def test_partition_checked_with_sinfo(basedir, monkeypatch, sinfo_out, expected):
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, sinfo_out, "")
+
+    monkeypatch.setattr(preflight.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(preflight.subprocess, "run", fake_run)
+    assert preflight.problems(cfg(cluster={"partition": "gpu"}), basedir) == expected
+    assert calls == [["sinfo", "-h", "-p", "gpu", "-o", "%P"]]
+
+
+def test_check_or_exit_lists_every_problem(basedir, capsys):
+    with pytest.raises(SystemExit) as err:
+        preflight.check_or_exit(cfg(parallel={"pipeline_parallel_size": 3}, cluster={"gpus_per_node": 1}), basedir)
+    assert err.value.code == 2
+    text = capsys.readouterr().err
+    assert "rejected before submission" in text
+    assert "parallel.pipeline_parallel_size=3" in text and "env.flavor=cpu" in text
+
+
+def test_check_or_exit_silent_when_fine(basedir, capsys):
+    preflight.check_or_exit(cfg(), basedir)
+    assert capsys.readouterr().err == ""
