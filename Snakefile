@@ -17,9 +17,10 @@ include: "rules/env.smk"
 include: "rules/probe.smk"
 include: "rules/ray.smk"
 include: "rules/single.smk"
+include: "rules/multinode.smk"
 
 
 rule all:
     input:
-        "results/single/verdict.json",
+        "results/multinode/verdict.json",
     default_target: True

@@ -58,15 +58,19 @@ rm -f  $S/vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so      # FA2 (Ampere); FA3 stay
 rm -f  $S/vllm/_moe_C_stable_libtorch.abi3.so            # MoE kernels
 rm -f  $S/vllm/vllm-rs                                   # optional Rust frontend
 rm -rf $S/vllm/third_party/fmha_sm100/cutlass            # SM100-only JIT headers (MiniMax M3)
+rm -rf $S/vllm/third_party/deep_gemm/include           # JIT headers: FP8 deep_gemm kernels only
 find $S/vllm/third_party/deep_gemm -maxdepth 1 -name '_C.cpython-3*.so' \
   ! -name '_C.cpython-312-*' -delete                     # other Pythons
 # Ray: Java worker jar (used only when `java` is on PATH) and the dashboard's
 # source map (the dashboard build itself stays: its absence is fatal on Linux).
 rm -rf $S/ray/jars
+rm -rf $S/ray/rllib $S/ray/llm     # RLlib; Ray's own vLLM wrappers (ray.serve.llm, ray.data.llm)
 find $S/ray/dashboard/client/build -name '*.map' -delete
 # PuLP (Snakemake's ILP scheduler): keep only the linux x86_64 CBC solver.
 find $S/pulp/solverdir/cbc -mindepth 2 -maxdepth 2 -type d ! -path '*/linux/i64' \
   -exec rm -rf {} +
+# tvm_ffi (xgrammar's FFI): libbacktrace sources are for building tvm_ffi itself.
+rm -rf $S/tvm_ffi/3rdparty/libbacktrace
 find $S -name __pycache__ -type d -prune -exec rm -rf {} +
 # Console scripts: pip wrote this machine's interpreter; use the device's python3.
 for f in $S/bin/*; do

@@ -28,10 +28,11 @@ print("vllm", vllm.__version__, "ray", ray.__version__, "snakemake", md.version(
       "pynvml gpus", pynvml.nvmlDeviceGetCount(), pynvml.nvmlDeviceGetName(h), f"{time.time()-t:.1f}s")'
 check "import vllm api_server + slurm plugin" python3 -c '
 import time; t = time.time()
-import vllm.entrypoints.openai.api_server, vllm.v1.executor.ray_executor
+import vllm.entrypoints.openai.api_server, vllm.v1.executor.ray_executor, xgrammar, tvm_ffi
 import snakemake_executor_plugin_slurm, snakemake_executor_plugin_slurm_jobstep
 from vllm.platforms import current_platform
-print(type(current_platform).__name__, current_platform.get_device_capability(), f"{time.time()-t:.1f}s")'
+print(type(current_platform).__name__, current_platform.get_device_capability(),
+      "tvm_ffi", tvm_ffi.__version__, f"{time.time()-t:.1f}s")'
 
 # ---- Ray head smoke: non-default ports, readiness polled with a deadline.
 PORT=${RAY_SMOKE_PORT:-46379}
@@ -75,8 +76,9 @@ if ((left)); then kill -KILL -- "-$RAY_PID" 2>/dev/null; fi
 
 # ---- Slurm / munge binaries from the Debian 12 debs
 if command -v slurmctld >/dev/null; then
-  check "slurm binaries" sh -c 'slurmctld -V; slurmd -V; sinfo -V; munged -V | head -1;
-    for b in slurmctld slurmd slurmstepd sbatch munged; do
+  # (client commands such as sinfo -V need a slurm.conf: they are only ldd-checked)
+  check "slurm binaries" sh -c 'slurmctld -V; slurmd -V; munged -V | head -1;
+    for b in slurmctld slurmd slurmstepd sbatch srun squeue sinfo scontrol munged; do
       p=$(command -v $b) && ldd $p | grep "not found" | sed "s|^|$b: |"; done; true'
 else
   echo "FAIL slurmctld not on PATH"; fail=1

@@ -48,6 +48,9 @@ class Spec:
     log_dir: str
     join_timeout_s: float
     env: dict[str, str] = field(default_factory=dict)  # extra environment for every Ray process
+    slots: int = 1  # CPU_SLOT_RESOURCE per node = vLLM workers a node takes (TP on CPU)
+    monitor_dir: str = ""  # per-node resource CSVs (ladder.monitor) while the cluster runs
+    monitor_interval_s: float = 1.0
 
     @property
     def head(self) -> str:
@@ -92,7 +95,7 @@ def ray_start_cmd(spec: Spec, node: str) -> list[str]:
            f"--runtime-env-agent-port={p['runtime_env_agent']}", f"--metrics-export-port={p['metrics_export']}",
            f"--min-worker-port={p['min_worker']}", f"--max-worker-port={p['max_worker']}",
            f"--num-cpus={spec.cpus}", f"--num-gpus={spec.gpus}",
-           f"--resources={json.dumps({CPU_SLOT_RESOURCE: max(spec.cpus, 1)})}",
+           f"--resources={json.dumps({CPU_SLOT_RESOURCE: spec.slots})}",
            f"--object-store-memory={spec.object_store_mb * 2**20}",
            f"--temp-dir={spec.temp_dir(node)}", "--disable-usage-stats"]
     if node == spec.head:
@@ -202,6 +205,12 @@ def run_node(spec: Spec) -> int:
         proc = subprocess.Popen(cmd, env=node_env(spec, node), stdout=fh, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     stop_file = Path(spec.log_dir) / "STOP"
+    sampler = None
+    if spec.monitor_dir:
+        from ladder.monitor import Sampler
+
+        sampler = Sampler(Path(spec.monitor_dir) / f"{node}.csv", node, spec.monitor_interval_s)
+        sampler.start()
     while not stopping and proc.poll() is None:
         stopping = stop_file.exists()
         time.sleep(0.2)
@@ -210,6 +219,8 @@ def run_node(spec: Spec) -> int:
         print(f"[{node}] step={step}: ray start exited with {rc}; last lines:\n{tail(log_dir / 'ray-start.log')}",
               flush=True)
     kill_tree(proc.pid, marker)
+    if sampler:
+        print(f"[{node}] monitor: {sampler.stop()}", flush=True)
     left = own_processes(marker)
     copy_ray_logs(Path(marker), log_dir)
     removed = clean_shm(t0)

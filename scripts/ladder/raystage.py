@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     spec = Spec(job=job, nodes=nodes, addrs=addrs, ifaces=ifaces,
                 ports=slurm.job_ports(int(job), rc["port_base"], rc["port_range"]),
                 cpus=cfg["cluster"]["cpus_per_node"], gpus=cfg["cluster"]["gpus_per_node"],
-                object_store_mb=rc["object_store_mb"], log_dir=str(a.log_dir), join_timeout_s=rc["join_timeout_s"])
+                object_store_mb=rc["object_store_mb"], log_dir=str(a.log_dir), join_timeout_s=rc["join_timeout_s"],
+                monitor_dir=str(a.verdict.parent / "monitor"), monitor_interval_s=cfg["monitor"]["interval_s"])
     cluster = RayCluster(spec)
     try:
         import ray

@@ -308,8 +308,8 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
     state_dir = state_dir.resolve()
     old = load_state(state_dir)
     if old and old.spec == spec and all(pid_alive(p) for p in old.pids.values()):
-        env = slurm_env(state_dir)
-        if all(s in ("idle", "mix", "alloc") for s in sinfo_nodes(env).values()):
+        nodes = sinfo_nodes(slurm_env(state_dir))  # {} when no slurmctld answers (stale state, reused PIDs)
+        if len(nodes) == spec.nodes and all(s in ("idle", "mix", "alloc") for s in nodes.values()):
             print(f"sandbox already up: {len(old.spec.node_names())} nodes ({state_dir})")
             return old
     if old or our_namespaces(spec.instance):
@@ -325,8 +325,10 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
     net_up(spec)
     save_state(state_dir, state)
     ctld_log = state_dir / "log" / "slurmctld.log"
-    # -i: ignore state from an earlier sandbox of another shape.
-    state.pids["slurmctld"] = spawn(["slurmctld", "-D", "-i", "-f", str(conf)], state_dir / "log" / "slurmctld.out", env)
+    # -c: forget jobs and node states of an earlier sandbox (a job still "running" after a
+    # kill -9 would hold its nodes in state mix forever); -i: ignore unreadable state files.
+    state.pids["slurmctld"] = spawn(["slurmctld", "-D", "-c", "-i", "-f", str(conf)],
+                                    state_dir / "log" / "slurmctld.out", env)
     save_state(state_dir, state)
     wait_for("slurmctld", lambda: subprocess.run(["scontrol", "ping"], env=env, capture_output=True,
                                                  text=True).stdout.count("UP") > 0, timeout, ctld_log)

@@ -97,7 +97,8 @@ def test_down_after_kill9_of_slurmds(spare_sandbox):
     sb = spare_sandbox
     up(sb)
     # A running two-node job, so job processes live inside the node namespaces.
-    jid = sb.slurm("sbatch", "--parsable", "-N", str(sb.nodes), "-t", "5", "--wrap", "srun sleep 600").strip()
+    jid = sb.slurm("sbatch", "--parsable", "-N", str(sb.nodes), "-t", "5", "-o", "/dev/null",
+                   "--wrap", "srun sleep 600").strip()
     wait_until(lambda: sb.slurm("squeue", "-h", "-j", jid, "-o", "%T").strip() == "RUNNING", 30, f"job {jid}")
     wait_until(lambda: sum("sleep 600" in c for c in processes_of(sb).values()) >= sb.nodes, 30, "job steps")
     for role, pid in state(sb)["pids"].items():

@@ -1,0 +1,86 @@
+"""End-to-end suite against a live OpenAI-compatible vLLM service.
+
+Each case is a check in the stage verdict and a row in e2e.json.  Bounded: a fixed
+number of requests, each with a timeout, all to the service's loopback address.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from typing import Any
+
+from ladder.verdict import Verdict
+from ladder.vllmserver import Server, smoke
+
+
+def outputs_equal(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> list[str]:
+    """Prompts whose greedy text differs (empty = identical)."""
+    want_by = {o["prompt"]: o["text"] for o in want}
+    return [o["prompt"] for o in got if want_by.get(o["prompt"]) != o["text"]]
+
+
+def run_suite(v: Verdict, srv: Server, reference_outputs: list[dict[str, Any]] | None,
+              clients: int = 16) -> dict[str, Any]:
+    t0 = time.monotonic()
+    model = srv.served_name
+    status, body = srv.request("/v1/models")
+    names = [m["id"] for m in body.get("data", [])] if status == 200 else []
+    v.check("models_list", model in names, names, [model])
+    smoke(v, srv)
+
+    # max_tokens is honoured exactly (ignore_eos so the model cannot stop early).
+    status, body = srv.request("/v1/completions", {"model": model, "prompt": "The", "max_tokens": 7,
+                                                   "temperature": 0, "ignore_eos": True})
+    got = body["usage"]["completion_tokens"] if status == 200 else None
+    v.check("max_tokens", got == 7 and body["choices"][0]["finish_reason"] == "length", got, 7, "tokens")
+
+    # A stop string ends generation and is not returned.
+    status, body = srv.request("/v1/completions", {"model": model, "prompt": "The GNU General Public License is",
+                                                   "max_tokens": 32, "temperature": 0})
+    text = body["choices"][0]["text"] if status == 200 else ""
+    stop = text[3:6] if len(text) >= 6 else None
+    if stop and stop.strip():
+        status, body = srv.request("/v1/completions", {"model": model, "max_tokens": 32, "temperature": 0,
+                                                       "prompt": "The GNU General Public License is", "stop": [stop]})
+        choice = body["choices"][0] if status == 200 else {}
+        v.check("stop_string", choice.get("finish_reason") == "stop" and stop not in choice.get("text", "x"),
+                choice.get("text"), f"text before {stop!r}", detail=f"finish_reason={choice.get('finish_reason')}")
+    else:
+        v.check("stop_string", None, text, detail="greedy text too short or blank to pick a stop string")
+
+    # Many concurrent clients: all succeed.
+    def one(i: int) -> int:
+        s, _ = srv.request("/v1/completions", {"model": model, "prompt": f"Request {i}:", "max_tokens": 16},
+                           timeout=300)
+        return s
+
+    with cf.ThreadPoolExecutor(clients) as pool:
+        statuses = list(pool.map(one, range(clients * 2)))
+    ok = sum(s == 200 for s in statuses)
+    v.check("concurrent_clients", ok == len(statuses), ok, len(statuses), "requests",
+            detail=f"{clients} clients; statuses {sorted(set(statuses))}")
+
+    # Malformed requests get a 4xx and the server stays up.
+    bad = {
+        "invalid_json": (None, b"{not json"),
+        "missing_prompt": ({"model": model, "max_tokens": 4}, None),
+        "negative_max_tokens": ({"model": model, "prompt": "x", "max_tokens": -1}, None),
+        "unknown_model": ({"model": "no-such-model", "prompt": "x", "max_tokens": 1}, None),
+        "prompt_too_long": ({"model": model, "prompt": "word " * 5000, "max_tokens": 1}, None),
+    }
+    for name, (body_, raw) in bad.items():
+        status, _ = srv.request("/v1/completions", body_, raw=raw)
+        v.check(f"malformed:{name}", 400 <= status < 500, status, "4xx")
+    status, _ = srv.request("/health", key=None)
+    v.check("alive_after_malformed", status == 200, status, 200)
+
+    greedy = srv.greedy()
+    if reference_outputs is None:
+        v.check("outputs_match_single", None, detail="no single-node outputs to compare")
+    else:
+        diff = outputs_equal(greedy, reference_outputs)
+        v.check("outputs_match_single", not diff, len(greedy) - len(diff), len(greedy), "prompts identical",
+                detail=f"differ: {diff}" if diff else "greedy outputs byte-identical to the single stage")
+    return {"duration_s": round(time.monotonic() - t0, 1), "greedy": greedy,
+            "cases": [c.__dict__ for c in v.checks]}

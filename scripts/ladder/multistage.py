@@ -1,0 +1,177 @@
+"""Stage multinode: vLLM on the Ray backend across nodes (TP inside a node, PP across).
+
+Plan -> Ray cluster (ladder.raycluster) -> placement precheck -> `vllm serve
+--distributed-executor-backend ray` on the head node -> every pipeline rank on its own
+node -> end-to-end suite (outputs must equal the single stage's) -> the same bench as
+single -> scaling ratios.  Everything it started is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from ladder import slurm
+from ladder.bench import ratios, run_sweep
+from ladder.e2e import run_suite
+from ladder.plan import PlanError, make_plan, model_shape
+from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
+from ladder.raystage import check_nodes, check_tasks
+from ladder.singlestage import metadata, perf_checks
+from ladder.verdict import Verdict, require_gate, write_json
+from ladder.vllmserver import Server, ServerError, api_key, cpu_env, resolve_model, serve_args
+
+_WORKER = re.compile(r"\(RayWorker\w* pid=\d+(?:, ip=([0-9.]+))?\)")
+_PP_RANK = re.compile(r"is assigned as .*\bPP rank (\d+)")
+
+
+def port_free(ip: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((ip, port))
+            return True
+        except OSError:
+            return False
+
+
+def precheck(v: Verdict, cluster: RayCluster, probe: dict[str, dict[str, Any]], tp: int, pp: int,
+             ports: dict[str, int]) -> bool:
+    """Placement checks before vLLM starts: the most reported multi-node failures, named."""
+    joined = cluster.alive_nodes()
+    spec = cluster.spec
+    for node in spec.nodes[:pp]:
+        res = joined.get(node, {}).get("Resources", {})
+        have = res.get("GPU", 0) if spec.gpus else res.get("ladder_cpu_slot", 0)
+        what = "GPUs" if spec.gpus else "CPU worker slots"
+        v.check(f"precheck:{node}:{what.split()[0].lower()}_for_tp", have >= tp, have, f">= {tp}", what)
+        nic = next((n for n in probe[node]["nics"] if n["name"] == spec.ifaces[node]), None)
+        v.check(f"precheck:{node}:ip_on_interface", bool(nic and spec.addrs[node] in nic["ipv4"]),
+                spec.addrs[node], f"an address of {spec.ifaces[node]}",
+                detail="GLOO/NCCL_SOCKET_IFNAME must carry the Ray IP")
+    for name in ("serve", "vllm"):
+        v.check(f"precheck:port_{name}_free", port_free("127.0.0.1", ports[name]) and
+                port_free(spec.addrs[spec.head], ports[name]), ports[name], "free")
+    return not v.failed
+
+
+def pipeline_placement(log: Path, addrs: dict[str, str], head: str) -> dict[int, str]:
+    """PP rank -> node, from vLLM's rank assignment lines in the server log.
+
+    Ray prefixes a worker's output with ``(RayWorkerProc pid=…, ip=…)``; the ip is left
+    out for workers on the driver's own node (the head).
+    """
+    by_ip = {ip: n for n, ip in addrs.items()}
+    placement = {}
+    for line in log.read_text(errors="replace").splitlines():
+        m = _WORKER.search(line)
+        r = _PP_RANK.search(line)
+        if m and r:
+            placement[int(r.group(1))] = by_ip.get(m.group(1), m.group(1)) if m.group(1) else head
+    return dict(sorted(placement.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--gate", type=Path, required=True, help="single verdict")
+    ap.add_argument("--probe", type=Path, required=True)
+    ap.add_argument("--versions", type=Path, required=True)
+    ap.add_argument("--single-bench", type=Path, required=True)
+    ap.add_argument("--single-outputs", type=Path, required=True)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--out-dir", type=Path, required=True)
+    ap.add_argument("--log-dir", type=Path, required=True)
+    ap.add_argument("--config-hash", default="")
+    a = ap.parse_args(argv)
+    require_gate(a.gate)
+    cfg = json.loads(a.config.read_text())
+    v = Verdict("multinode", config_hash=a.config_hash)
+    job = slurm.job_id()
+    nodes = slurm.job_nodes(job)
+    v.nodes = nodes
+    versions = json.loads(a.versions.read_text())
+    v.versions = {k: versions["versions"].get(k, "") for k in ("vllm", "torch", "ray")}
+    gpus = cfg["cluster"]["gpus_per_node"]
+    try:
+        plan = make_plan(cfg["parallel"], len(nodes), gpus, model_shape(cfg["model"]))
+    except PlanError as err:
+        v.check("plan", False, None, "a valid plan", detail=str(err))
+        return v.finish(a.out_dir / "verdict.json")
+    print(f"[multinode] plan: {plan.describe()}", flush=True)
+    v.check("plan", True, plan.describe())
+    tp, pp = plan.tensor_parallel_size, plan.pipeline_parallel_size
+    probe = {n["slurm_node"]: n for n in json.loads(a.probe.read_text())["nodes"]}
+    addrs, ifaces = addresses_from_probe([probe[n] for n in nodes if n in probe])
+    ports = slurm.job_ports(int(job), cfg["ray"]["port_base"], cfg["ray"]["port_range"])
+    cache = a.cache.resolve()
+    vllm_env = {"VLLM_PORT": str(ports["vllm"])}
+    if cfg["env"]["flavor"] == "cpu":
+        # The platform plugin (ladder.vllm_plugin) enables the Ray executor on CPU.
+        vllm_env |= cpu_env(cache) | {"LADDER_CPU_RAY": "1"}
+    spec = Spec(job=job, nodes=nodes, addrs=addrs, ifaces=ifaces, ports=ports, cpus=cfg["cluster"]["cpus_per_node"],
+                gpus=gpus, object_store_mb=cfg["ray"]["object_store_mb"], log_dir=str(a.log_dir / "ray"),
+                join_timeout_s=cfg["ray"]["join_timeout_s"], env=vllm_env, slots=tp,
+                monitor_dir=str(a.out_dir / "monitor"), monitor_interval_s=cfg["monitor"]["interval_s"])
+    cluster = RayCluster(spec)
+    srv = None
+    try:
+        model_path, served = resolve_model(cfg["model"], cache)
+        key = api_key(cfg["serve"]["api_key_env"], cfg["serve"]["api_key_file"])
+        cluster.start()
+        try:
+            v.metrics["ray_bringup_s"] = round(cluster.wait(), 2)
+        except ClusterError as err:
+            v.check("ray_nodes_joined", False, None, len(nodes), detail=str(err))
+            return v.finish(a.out_dir / "verdict.json")
+        ids = check_nodes(v, cluster, probe, spec.cpus)
+        check_tasks(v, ids, addrs)
+        if not precheck(v, cluster, probe, tp, pp, ports):
+            return v.finish(a.out_dir / "verdict.json")
+        import ray
+
+        ray.shutdown()  # the driver's connection; vLLM's own driver connects next
+        head = spec.head
+        server_env = vllm_env | {"RAY_ADDRESS": spec.address, "VLLM_HOST_IP": addrs[head],
+                                 "GLOO_SOCKET_IFNAME": ifaces[head], "NCCL_SOCKET_IFNAME": ifaces[head]}
+        srv = Server(model_path, served, ports["serve"], key, a.log_dir / head / "vllm-serve.log",
+                     args=serve_args(cfg, tp, pp, ray=True), env=server_env)
+        srv.start()
+        healthy = srv.wait_healthy(cfg["serve"]["health_timeout_s"])
+        v.metrics["time_to_healthy_s"] = round(healthy, 1)
+        v.check("healthy", True, round(healthy, 1), f"< {cfg['serve']['health_timeout_s']}", "s")
+        placed = pipeline_placement(srv.log, addrs, head)
+        v.check("pipeline_rank_per_node", sorted(placed) == list(range(pp)) and len(set(placed.values())) == pp,
+                placed, f"{pp} PP ranks on {pp} distinct nodes",
+                detail="from vLLM's rank assignment lines, prefixed by Ray with each worker's node IP")
+        reference = json.loads(a.single_outputs.read_text())["outputs"]
+        e2e = run_suite(v, srv, reference)
+        write_json(a.out_dir / "e2e.json", e2e)
+        results = run_sweep(srv.base, served, model_path, cfg["bench"], key, a.out_dir / "raw",
+                            a.log_dir / head / "bench.log")
+        meta = metadata(cfg, versions, nodes[:pp], {"tensor_parallel_size": tp, "pipeline_parallel_size": pp},
+                        a.config_hash, served)
+        write_json(a.out_dir / "bench.json", {"metadata": meta, "results": results})
+        perf_checks(v, "multinode", results, cfg["references"].get(cfg["cluster"]["name"], {}))
+        single = json.loads(a.single_bench.read_text())
+        write_json(a.out_dir / "scaling.json", {
+            "single": {"plan": single["metadata"]["plan"], "nodes": single["metadata"]["nodes"]},
+            "multinode": {"plan": meta["plan"], "nodes": meta["nodes"]},
+            "ratios_multinode_over_single": ratios(results, single["results"]),
+            "note": "ratios of runs with identical bench settings; >1 throughput = faster multinode"})
+    except (ServerError, RuntimeError) as err:
+        v.check("serve", False, None, "a healthy multi-node service", detail=str(err)[-1500:])
+        print(str(err), file=sys.stderr, flush=True)
+    finally:
+        if srv:
+            srv.stop()
+        cluster.stop()
+    return v.finish(a.out_dir / "verdict.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
