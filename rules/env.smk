@@ -1,7 +1,6 @@
 rule env:
-    """Build or verify the pinned environment on a compute node; record versions."""
+    """Build or verify the pinned environment on a compute node; record versions (versions.json)."""
     output:
-        versions="results/env/versions.json",
         verdict="results/env/verdict.json",
     params:
         fingerprint=env_fingerprint(),
@@ -12,6 +11,7 @@ rule env:
         lock=LOCK,
         flavor=config["env"]["flavor"],
         hash=config_hash("env"),
+        versions=lambda w, output: Path(output.verdict).with_name("versions.json"),
     log:
         "results/logs/env/env.log",
     benchmark:
@@ -23,4 +23,4 @@ rule env:
     shell:
         "{params.boot_py} -m ladder.envcheck --prefix {params.prefix} --lock {params.lock}"
         " --flavor {params.flavor} {params.build} --nodes '{params.nodes}' --config-hash {params.hash}"
-        " --versions-out {output.versions} --verdict {output.verdict} > {log} 2>&1"
+        " --versions-out {params.versions} --verdict {output.verdict} > {log} 2>&1"

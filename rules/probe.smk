@@ -1,14 +1,13 @@
 rule probe:
-    """Inventory every allocated node (CPU, memory, NICs, disk, GPUs via NVML, Slurm's view)."""
+    """Inventory every allocated node (CPU, memory, NICs, disk, GPUs via NVML, Slurm's view): nodes.json."""
     input:
         gate=rules.env.output.verdict,
     output:
-        nodes="results/probe/nodes.json",
         verdict="results/probe/verdict.json",
     params:
         **COMMON,
         hash=config_hash("cluster"),
-        node_dir=lambda w, output: Path(output.nodes).with_suffix(""),
+        out_dir=lambda w, output: Path(output.verdict).parent,
         log_dir="results/logs/probe",
         nodes=NODES,
         gpus=GPUS,
@@ -21,9 +20,9 @@ rule probe:
     resources:
         **stage_resources(nodes=NODES, mpi=True, mem_mb=1000),
     shell:
-        "(rm -rf {params.node_dir} && mkdir -p {params.node_dir} {params.log_dir}"
+        "(rm -rf {params.out_dir}/nodes && mkdir -p {params.out_dir}/nodes {params.log_dir}"
         " && srun --nodes={params.nodes} --ntasks-per-node=1 --output={params.log_dir}/%N.log"
-        "   {params.py} -m ladder.probe node --out-dir {params.node_dir} --shared ."
-        " ; {params.py} -m ladder.probe summarize --node-dir {params.node_dir}"
+        "   {params.py} -m ladder.probe node --out-dir {params.out_dir}/nodes --shared ."
+        " ; {params.py} -m ladder.probe summarize --node-dir {params.out_dir}/nodes"
         "   --expected-nodes $({params.py} -m ladder.slurm nodes) --gpus-per-node {params.gpus}"
-        "   --config-hash {params.hash} --out {output.nodes} --verdict {output.verdict}) > {log} 2>&1"
+        "   --config-hash {params.hash} --out {params.out_dir}/nodes.json --verdict {output.verdict}) > {log} 2>&1"

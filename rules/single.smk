@@ -2,11 +2,8 @@ rule single:
     """One node: vllm serve (TP inside the node), smoke requests, greedy outputs, bench baseline."""
     input:
         gate=rules.ray.output.verdict,
-        versions=rules.env.output.versions,
     output:
         verdict="results/single/verdict.json",
-        bench="results/single/bench.json",
-        outputs="results/single/outputs.json",
     params:
         **COMMON,
         hash=config_hash("cluster", "model", "serve", "bench", "references"),
@@ -14,6 +11,7 @@ rule single:
         cache=CACHE,
         out_dir=lambda w, output: Path(output.verdict).parent,
         log_dir="results/logs/single",
+        results=lambda w, output: Path(output.verdict).parent.parent,
     log:
         "results/logs/single/single.log",
     benchmark:
@@ -23,6 +21,6 @@ rule single:
     resources:
         **stage_resources(nodes=1),
     shell:
-        "{params.py} -m ladder.singlestage --gate {input.gate} --versions {input.versions}"
+        "{params.py} -m ladder.singlestage --gate {input.gate} --results {params.results}"
         " --config {params.config} --cache {params.cache} --out-dir {params.out_dir}"
         " --log-dir {params.log_dir} --config-hash {params.hash} > {log} 2>&1"

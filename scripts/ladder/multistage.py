@@ -78,10 +78,7 @@ def pipeline_placement(log: Path, addrs: dict[str, str], head: str) -> dict[int,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gate", type=Path, required=True, help="single verdict")
-    ap.add_argument("--probe", type=Path, required=True)
-    ap.add_argument("--versions", type=Path, required=True)
-    ap.add_argument("--single-bench", type=Path, required=True)
-    ap.add_argument("--single-outputs", type=Path, required=True)
+    ap.add_argument("--results", type=Path, required=True, help="results root (probe, env, single outputs)")
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--out-dir", type=Path, required=True)
@@ -94,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     job = slurm.job_id()
     nodes = slurm.job_nodes(job)
     v.nodes = nodes
-    versions = json.loads(a.versions.read_text())
+    versions = json.loads((a.results / "env" / "versions.json").read_text())
     v.versions = {k: versions["versions"].get(k, "") for k in ("vllm", "torch", "ray")}
     gpus = cfg["cluster"]["gpus_per_node"]
     try:
@@ -105,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[multinode] plan: {plan.describe()}", flush=True)
     v.check("plan", True, plan.describe())
     tp, pp = plan.tensor_parallel_size, plan.pipeline_parallel_size
-    probe = {n["slurm_node"]: n for n in json.loads(a.probe.read_text())["nodes"]}
+    probe = {n["slurm_node"]: n for n in json.loads((a.results / "probe" / "nodes.json").read_text())["nodes"]}
     addrs, ifaces = addresses_from_probe([probe[n] for n in nodes if n in probe])
     ports = slurm.job_ports(int(job), cfg["ray"]["port_base"], cfg["ray"]["port_range"])
     cache = a.cache.resolve()
@@ -148,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         v.check("pipeline_rank_per_node", sorted(placed) == list(range(pp)) and len(set(placed.values())) == pp,
                 placed, f"{pp} PP ranks on {pp} distinct nodes",
                 detail="from vLLM's rank assignment lines, prefixed by Ray with each worker's node IP")
-        reference = json.loads(a.single_outputs.read_text())["outputs"]
+        reference = json.loads((a.results / "single" / "outputs.json").read_text())["outputs"]
         e2e = run_suite(v, srv, reference)
         write_json(a.out_dir / "e2e.json", e2e)
         results = run_sweep(srv.base, served, model_path, cfg["bench"], key, a.out_dir / "raw",
@@ -157,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                         a.config_hash, served)
         write_json(a.out_dir / "bench.json", {"metadata": meta, "results": results})
         perf_checks(v, "multinode", results, cfg["references"].get(cfg["cluster"]["name"], {}))
-        single = json.loads(a.single_bench.read_text())
+        single = json.loads((a.results / "single" / "bench.json").read_text())
         write_json(a.out_dir / "scaling.json", {
             "single": {"plan": single["metadata"]["plan"], "nodes": single["metadata"]["nodes"]},
             "multinode": {"plan": meta["plan"], "nodes": meta["nodes"]},

@@ -93,11 +93,10 @@ def check_transfer(v: Verdict, ids: dict[str, str], head: str, size_mb: int) -> 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gate", type=Path, required=True, help="probe verdict (must pass)")
-    ap.add_argument("--probe", type=Path, required=True, help="results/probe/nodes.json")
+    ap.add_argument("--results", type=Path, required=True, help="results root (reads probe/nodes.json)")
     ap.add_argument("--config", type=Path, required=True, help="resolved config (JSON)")
     ap.add_argument("--log-dir", type=Path, required=True)
     ap.add_argument("--verdict", type=Path, required=True)
-    ap.add_argument("--cluster-out", type=Path, required=True, help="what came up (nodes, ports, timings)")
     ap.add_argument("--config-hash", default="")
     a = ap.parse_args(argv)
     require_gate(a.gate)
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     job = slurm.job_id()
     nodes = slurm.job_nodes(job)
     v.nodes = nodes
-    probe = {n["slurm_node"]: n for n in json.loads(a.probe.read_text())["nodes"]}
+    probe = {n["slurm_node"]: n for n in json.loads((a.results / "probe" / "nodes.json").read_text())["nodes"]}
     addrs, ifaces = addresses_from_probe([probe[n] for n in nodes if n in probe])
     unknown = [n for n in nodes if n not in addrs]
     if unknown:
@@ -142,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             check_allreduce(v, ids, spec, cfg["ray"])
         else:
             v.check("nccl_allreduce", None, detail="not applicable: no GPUs on these nodes (cluster.gpus_per_node=0)")
-        write_json(a.cluster_out, {"spec": {k: val for k, val in spec.__dict__.items() if k != "env"},
-                                   "bringup_s": round(bringup, 2)})
+        public = {k: val for k, val in spec.__dict__.items() if k != "env"}
+        write_json(a.verdict.parent / "cluster.json", {"spec": public, "bringup_s": round(bringup, 2)})
     finally:
         cluster.stop()
     return v.finish(a.verdict)

@@ -41,7 +41,7 @@ def perf_checks(v: Verdict, stage: str, results: dict[str, dict[str, Any]], refs
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gate", type=Path, required=True)
-    ap.add_argument("--versions", type=Path, required=True)
+    ap.add_argument("--results", type=Path, required=True, help="results root (reads env/versions.json)")
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--cache", type=Path, required=True, help="shared cache (models, compile caches)")
     ap.add_argument("--out-dir", type=Path, required=True)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ports = slurm.job_ports(int(job), cfg["ray"]["port_base"], cfg["ray"]["port_range"])
     tp = max(cfg["cluster"]["gpus_per_node"], 1)
     env = cpu_env(a.cache.resolve()) if cfg["env"]["flavor"] == "cpu" else {}
-    versions = json.loads(a.versions.read_text())
+    versions = json.loads((a.results / "env" / "versions.json").read_text())
     v.versions = {k: versions["versions"].get(k, "") for k in ("vllm", "torch", "ray")}
     logs = a.log_dir / node
     sampler = Sampler(a.out_dir / "monitor" / f"{node}.csv", node, cfg["monitor"]["interval_s"])

@@ -65,7 +65,15 @@ class Verdict:
         else:
             self.status = "pass"
         self.finished = now()
-        write_json(Path(path), asdict(self))
+        path = Path(path)
+        write_json(path, asdict(self))
+        # Snakemake deletes a failed job's declared output (verdict.json, so the next run
+        # re-runs this stage); the copy stays for the user, with the stage's measurements.
+        failed_copy = path.with_name("verdict.failed.json")
+        if self.status == "fail":
+            write_json(failed_copy, asdict(self))
+        else:
+            failed_copy.unlink(missing_ok=True)
         print(f"[{self.stage}] verdict: {self.status}"
               + (f" ({', '.join(c.name for c in self.failed)})" if self.failed else ""), flush=True)
         return 1 if self.status == "fail" else 0

@@ -1,0 +1,239 @@
+"""Orchestration overhead of the env -> probe DAG on the sandbox cluster.
+
+Runs the real DAG (snakemake --profile profiles/sandbox, Slurm executor plugin) in a
+fresh work directory per run, once with the plugin's status-check defaults and once
+with the tuned values of profiles/sandbox/config.yaml (both passed on the command
+line), interleaved, and splits every stage's wall time into
+
+  work_s        the stage's own work (Snakemake's benchmark: TSV, column s)
+  queue_s       sbatch accepted -> resources allocated   (slurmctld log)
+  in_job_s      job allocated -> job done, minus work_s  (jobstep Snakemake start-up, srun)
+  detect_s      job done (slurmctld) -> Snakemake reports it finished (status checks)
+  overhead_s    submitted -> seen finished, minus work_s (= everything but the work)
+
+Timestamps: slurmctld's log (milliseconds) and the arrival time of Snakemake's own
+output lines. Writes results/bench/orchestration.json with metadata and the ratio
+tuned/default measured in the same invocation.
+
+    python bench/orchestration.py [--instance 7] [--nodes 2] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TARGET = "results/probe/verdict.json"
+STAGES = ("env", "probe")
+
+# The plugin's defaults (snakemake-executor-plugin-slurm; Snakemake's own for the interval).
+DEFAULTS = {"slurm-init-seconds-before-status-checks": 40, "seconds-between-status-checks": 10}
+TUNED_KEYS = tuple(DEFAULTS)
+
+SUBMIT = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/")
+FINISHED = re.compile(r"Finished jobid: (\d+) \(Rule: (\w+)\)")
+CTLD = re.compile(r"^\[(\S+)\] (?:_slurm_rpc_submit_batch_job: JobId=(\d+) |sched: Allocate JobId=(\d+) "
+                  r"|_job_complete: JobId=(\d+) done)")
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def bench_config(nodes: int) -> dict[str, Any]:
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text()) or {}
+    cfg = deep_merge(cfg, {"cluster": {"nodes": nodes}})
+    prefix = Path(cfg.get("env", {}).get("prefix", ".venv"))
+    cfg.setdefault("env", {})["prefix"] = str(prefix if prefix.is_absolute() else ROOT / prefix)
+    return cfg
+
+
+def tuned_settings() -> dict[str, int]:
+    prof = yaml.safe_load((ROOT / "profiles" / "sandbox" / "config.yaml").read_text())
+    return {k: int(prof[k]) for k in TUNED_KEYS}
+
+
+def ctld_events(log: Path, offset: int) -> dict[int, dict[str, float]]:
+    """jobid -> {submit, start, end} (epoch seconds) from slurmctld's log, read from offset."""
+    with open(log, "rb") as fh:
+        fh.seek(offset)
+        text = fh.read().decode(errors="replace")
+    out: dict[int, dict[str, float]] = {}
+    for line in text.splitlines():
+        m = CTLD.match(line)
+        if not m:
+            continue
+        t = dt.datetime.fromisoformat(m[1]).timestamp()
+        for group, key in ((2, "submit"), (3, "start"), (4, "end")):
+            if m[group]:
+                out.setdefault(int(m[group]), {})[key] = t
+    return out
+
+
+def run_once(variant: str, settings: dict[str, int], cfg: dict[str, Any], env: dict[str, str],
+             ctld_log: Path, keep: bool) -> dict[str, Any]:
+    wd = Path(tempfile.mkdtemp(prefix=f"ladder-bench-{variant}-"))
+    cfg_file = wd / "bench-config.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(wd), "--configfile",
+           str(cfg_file), "--profile", str(ROOT / "profiles" / "sandbox")]
+    for k, v in settings.items():
+        cmd += [f"--{k}", str(v)]
+    cmd.append(TARGET)
+    offset = ctld_log.stat().st_size
+    submitted: dict[str, tuple[int, float]] = {}  # rule -> (slurm job id, seen at)
+    finished: dict[str, float] = {}
+    lines = []
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, cwd=wd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        now = time.time()
+        lines.append(line)
+        if m := SUBMIT.search(line):
+            submitted[m[3]] = (int(m[2]), now)
+        elif m := FINISHED.search(line):
+            finished[m[2]] = now
+    rc = proc.wait()
+    t_end = time.time()
+    if rc != 0 or set(submitted) != set(STAGES):
+        raise SystemExit(f"{variant} run failed (exit {rc}, submitted {sorted(submitted)}):\n{''.join(lines[-40:])}")
+    events = ctld_events(ctld_log, offset)
+    stages = {}
+    for rule in STAGES:
+        jid, t_sub = submitted[rule]
+        ev = events.get(jid, {})
+        work = float(next(csv_rows(wd / "results" / "benchmarks" / f"{rule}.tsv"))["s"])
+        seen = finished[rule]
+        wall = seen - t_sub
+        row = {"slurm_job": jid, "work_s": work, "wall_s": wall, "overhead_s": wall - work}
+        if {"submit", "start", "end"} <= ev.keys():
+            row |= {"queue_s": ev["start"] - ev["submit"], "in_job_s": ev["end"] - ev["start"] - work,
+                    "detect_s": seen - ev["end"], "sbatch_s": ev["submit"] - t_sub}
+        stages[rule] = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+    first_submit = min(t for _, t in submitted.values())
+    total_work = sum(s["work_s"] for s in stages.values())
+    result = {"variant": variant, "settings": settings, "workdir": str(wd) if keep else None,
+              "dag_wall_s": round(t_end - t0, 3), "startup_s": round(first_submit - t0, 3),
+              "work_s": round(total_work, 3), "overhead_s": round(t_end - t0 - total_work, 3), "stages": stages}
+    if not keep:
+        shutil.rmtree(wd, ignore_errors=True)
+    return result
+
+
+def csv_rows(path: Path):
+    header, *rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines() if line.strip()]
+    for r in rows:
+        yield dict(zip(header, r, strict=False))
+
+
+def version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def mean(xs: list[float]) -> float:
+        return round(statistics.fmean(xs), 3)
+
+    out: dict[str, Any] = {}
+    for variant in ("default", "tuned"):
+        rs = [r for r in runs if r["variant"] == variant]
+        out[variant] = {"runs": len(rs), "dag_wall_s": mean([r["dag_wall_s"] for r in rs]),
+                        "work_s": mean([r["work_s"] for r in rs]), "overhead_s": mean([r["overhead_s"] for r in rs]),
+                        "stages": {st: {k: mean([r["stages"][st][k] for r in rs if k in r["stages"][st]])
+                                        for k in ("work_s", "overhead_s", "queue_s", "in_job_s", "detect_s")
+                                        if all(k in r["stages"][st] for r in rs)} for st in STAGES}}
+    d, t = out["default"], out["tuned"]
+    out["ratio_tuned_over_default"] = {"dag_wall": round(t["dag_wall_s"] / d["dag_wall_s"], 3),
+                                       "overhead": round(t["overhead_s"] / d["overhead_s"], 3)}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--instance", type=int, default=int(os.environ.get("LADDER_TEST_SANDBOX", "7")),
+                    help="sandbox instance (default 7, the test sandbox; it is brought up when down)")
+    ap.add_argument("--sandbox-nodes", type=int, default=3, help="nodes of the sandbox when it must be started")
+    ap.add_argument("--nodes", type=int, default=2, help="cluster.nodes for the probe stage")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per variant, interleaved")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "orchestration.json")
+    ap.add_argument("--keep", action="store_true", help="keep the work directories")
+    a = ap.parse_args(argv)
+
+    from ladder import sandbox as sb
+
+    state_dir = sb.default_state(a.instance).resolve()
+    if sb.status(state_dir) != 0:
+        up = subprocess.run([sys.executable, "-m", "ladder.sandbox", "--instance", str(a.instance), "up",
+                             "--nodes", str(a.sandbox_nodes)], cwd=ROOT)
+        if up.returncode:
+            return up.returncode
+    conf = state_dir / "etc" / "slurm.conf"
+    env = dict(os.environ, SLURM_CONF=str(conf), PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    ctld_log = state_dir / "log" / "slurmctld.log"
+    cfg = bench_config(a.nodes)
+    variants = {"default": DEFAULTS, "tuned": tuned_settings()}
+    runs = []
+    for i in range(a.repeat):
+        for name, settings in variants.items():
+            print(f"[{i + 1}/{a.repeat}] {name}: {settings}", flush=True)
+            r = run_once(name, settings, cfg, env, ctld_log, a.keep)
+            print(f"  DAG {r['dag_wall_s']:.1f}s = work {r['work_s']:.1f}s + overhead {r['overhead_s']:.1f}s; "
+                  + "; ".join(f"{st}: work {s['work_s']:.1f}s overhead {s['overhead_s']:.1f}s"
+                              f" (queue {s.get('queue_s', float('nan')):.1f}, in-job {s.get('in_job_s', float('nan')):.1f},"
+                              f" detect {s.get('detect_s', float('nan')):.1f})" for st, s in r["stages"].items()),
+                  flush=True)
+            runs.append(r)
+    sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %c %m"], env=env, capture_output=True, text=True).stdout
+    slurm = subprocess.run(["sinfo", "--version"], env=env, capture_output=True, text=True).stdout.strip()
+    report = {
+        "benchmark": "orchestration",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "versions": {"python": platform.python_version(), "snakemake": version("snakemake"),
+                     "snakemake-executor-plugin-slurm": version("snakemake-executor-plugin-slurm"),
+                     "snakemake-executor-plugin-slurm-jobstep": version("snakemake-executor-plugin-slurm-jobstep"),
+                     "slurm": slurm},
+        "sandbox": {"instance": a.instance, "nodes": sinfo.split("\n")[:-1]},
+        "dag": {"target": TARGET, "stages": list(STAGES), "cluster_nodes": a.nodes},
+        "config_hash": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12],
+        "settings": variants,
+        "summary": summarize(runs),
+        "runs": runs,
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["summary"], indent=2))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
