@@ -12,15 +12,19 @@ configfile: workflow.source_path("config/config.yaml")
 validate(config, "config/schema.yaml")
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/env.smk"
 include: "rules/probe.smk"
 include: "rules/ray.smk"
 include: "rules/single.smk"
 include: "rules/multinode.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
-        "results/multinode/verdict.json",
+        "results/report/index.html",
     default_target: True

@@ -5,11 +5,13 @@ fresh work directory per run, once with the plugin's status-check defaults and o
 with the tuned values of profiles/sandbox/config.yaml (both passed on the command
 line), interleaved, and splits every stage's wall time into
 
+  gap_before_s  previous stage seen finished (or Snakemake start) -> this one submitted
   work_s        the stage's own work (Snakemake's benchmark: TSV, column s)
   queue_s       sbatch accepted -> resources allocated   (slurmctld log)
   in_job_s      job allocated -> job done, minus work_s  (jobstep Snakemake start-up, srun)
   detect_s      job done (slurmctld) -> Snakemake reports it finished (status checks)
   overhead_s    submitted -> seen finished, minus work_s (= everything but the work)
+and for the whole DAG: wall time, work, overhead and shutdown (last stage seen -> exit).
 
 Timestamps: slurmctld's log (milliseconds) and the arrival time of Snakemake's own
 output lines. Writes results/bench/orchestration.json with metadata and the ratio
@@ -48,10 +50,12 @@ STAGES = ("env", "probe")
 # The plugin's defaults (snakemake-executor-plugin-slurm; Snakemake's own for the interval).
 DEFAULTS = {"slurm-init-seconds-before-status-checks": 40, "seconds-between-status-checks": 10}
 TUNED_KEYS = tuple(DEFAULTS)
+STAGE_FIELDS = ("gap_before_s", "work_s", "overhead_s", "queue_s", "in_job_s", "detect_s")
 
 SUBMIT = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/")
 FINISHED = re.compile(r"Finished jobid: (\d+) \(Rule: (\w+)\)")
-CTLD = re.compile(r"^\[(\S+)\] (?:_slurm_rpc_submit_batch_job: JobId=(\d+) |sched: Allocate JobId=(\d+) "
+CTLD = re.compile(r"^\[(\S+)\] (?:_slurm_rpc_submit_batch_job: JobId=(\d+) "
+                  r"|(?:sched: Allocate|sched/backfill: _start_job: Started) JobId=(\d+) "
                   r"|_job_complete: JobId=(\d+) done)")
 
 
@@ -123,22 +127,25 @@ def run_once(variant: str, settings: dict[str, int], cfg: dict[str, Any], env: d
         raise SystemExit(f"{variant} run failed (exit {rc}, submitted {sorted(submitted)}):\n{''.join(lines[-40:])}")
     events = ctld_events(ctld_log, offset)
     stages = {}
-    for rule in STAGES:
+    previous = t0
+    for rule in sorted(STAGES, key=lambda r: submitted[r][1]):
         jid, t_sub = submitted[rule]
         ev = events.get(jid, {})
         work = float(next(csv_rows(wd / "results" / "benchmarks" / f"{rule}.tsv"))["s"])
         seen = finished[rule]
         wall = seen - t_sub
-        row = {"slurm_job": jid, "work_s": work, "wall_s": wall, "overhead_s": wall - work}
+        row = {"slurm_job": jid, "gap_before_s": t_sub - previous, "work_s": work, "wall_s": wall,
+               "overhead_s": wall - work}
         if {"submit", "start", "end"} <= ev.keys():
             row |= {"queue_s": ev["start"] - ev["submit"], "in_job_s": ev["end"] - ev["start"] - work,
-                    "detect_s": seen - ev["end"], "sbatch_s": ev["submit"] - t_sub}
+                    "detect_s": seen - ev["end"]}
         stages[rule] = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
-    first_submit = min(t for _, t in submitted.values())
+        previous = seen
     total_work = sum(s["work_s"] for s in stages.values())
     result = {"variant": variant, "settings": settings, "workdir": str(wd) if keep else None,
-              "dag_wall_s": round(t_end - t0, 3), "startup_s": round(first_submit - t0, 3),
-              "work_s": round(total_work, 3), "overhead_s": round(t_end - t0 - total_work, 3), "stages": stages}
+              "dag_wall_s": round(t_end - t0, 3), "work_s": round(total_work, 3),
+              "overhead_s": round(t_end - t0 - total_work, 3), "shutdown_s": round(t_end - previous, 3),
+              "stages": stages}
     if not keep:
         shutil.rmtree(wd, ignore_errors=True)
     return result
@@ -164,11 +171,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for variant in ("default", "tuned"):
         rs = [r for r in runs if r["variant"] == variant]
-        out[variant] = {"runs": len(rs), "dag_wall_s": mean([r["dag_wall_s"] for r in rs]),
-                        "work_s": mean([r["work_s"] for r in rs]), "overhead_s": mean([r["overhead_s"] for r in rs]),
-                        "stages": {st: {k: mean([r["stages"][st][k] for r in rs if k in r["stages"][st]])
-                                        for k in ("work_s", "overhead_s", "queue_s", "in_job_s", "detect_s")
-                                        if all(k in r["stages"][st] for r in rs)} for st in STAGES}}
+        out[variant] = {"runs": len(rs), **{k: mean([r[k] for r in rs])
+                                            for k in ("dag_wall_s", "work_s", "overhead_s", "shutdown_s")},
+                        "stages": {st: {k: mean([r["stages"][st][k] for r in rs])
+                                        for k in STAGE_FIELDS if all(k in r["stages"][st] for r in rs)}
+                                   for st in STAGES}}
     d, t = out["default"], out["tuned"]
     out["ratio_tuned_over_default"] = {"dag_wall": round(t["dag_wall_s"] / d["dag_wall_s"], 3),
                                        "overhead": round(t["overhead_s"] / d["overhead_s"], 3)}
@@ -204,17 +211,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, settings in variants.items():
             print(f"[{i + 1}/{a.repeat}] {name}: {settings}", flush=True)
             r = run_once(name, settings, cfg, env, ctld_log, a.keep)
-            print(f"  DAG {r['dag_wall_s']:.1f}s = work {r['work_s']:.1f}s + overhead {r['overhead_s']:.1f}s; "
-                  + "; ".join(f"{st}: work {s['work_s']:.1f}s overhead {s['overhead_s']:.1f}s"
-                              f" (queue {s.get('queue_s', float('nan')):.1f}, in-job {s.get('in_job_s', float('nan')):.1f},"
-                              f" detect {s.get('detect_s', float('nan')):.1f})" for st, s in r["stages"].items()),
-                  flush=True)
+            print(f"  DAG {r['dag_wall_s']:.1f}s = work {r['work_s']:.1f}s + overhead {r['overhead_s']:.1f}s"
+                  f" (shutdown {r['shutdown_s']:.1f}s)", flush=True)
+            for st, row in r["stages"].items():
+                print(f"  {st:6s} " + " ".join(f"{k[:-2]} {row[k]:.1f}" for k in STAGE_FIELDS if k in row), flush=True)
             runs.append(r)
     sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %c %m"], env=env, capture_output=True, text=True).stdout
     slurm = subprocess.run(["sinfo", "--version"], env=env, capture_output=True, text=True).stdout.strip()
     report = {
         "benchmark": "orchestration",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "versions": {"python": platform.python_version(), "snakemake": version("snakemake"),

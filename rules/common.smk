@@ -77,14 +77,46 @@ CONDA_ENV = f"../envs/{config['env']['flavor']}.conda.yaml"
 COMMON = {"py": PY}
 
 
+FAULTS = config["faults"]
+
+
+def excluded_nodes():
+    """Nodes a stage named as failed (results/<stage>/failed_nodes.txt), when exclusion is on.
+
+    Read when a job is (re)submitted, so a retry of the same run already avoids them.
+    Remove the files once the nodes are repaired.
+    """
+    if not FAULTS["exclude_on_failure"]:
+        return []
+    names = set()
+    for f in Path("results").glob("*/failed_nodes.txt"):
+        names.update(f.read_text().split())
+    return sorted(names)
+
+
+def node_count(wildcards, attempt):
+    """Configured nodes; fewer only when nodes were excluded, too few remain and degraded runs are allowed."""
+    if attempt == 1 and not excluded_nodes():
+        return NODES
+    available = len(partition_nodes().split(",")) - len(excluded_nodes())
+    return max(1, min(NODES, available)) if FAULTS["allow_degraded"] else NODES
+
+
+def slurm_extra(wildcards, attempt):
+    excluded = excluded_nodes()
+    return f"--exclude={','.join(excluded)}" if excluded else ""
+
+
 def stage_resources(nodes=1, mpi=False, gpus=True, mem_mb=None, runtime=None):
     """Slurm resources for one stage job (the plugin turns them into sbatch flags)."""
+    multi = nodes > 1
     res = {
-        "nodes": nodes,
-        "tasks": nodes,
+        "nodes": node_count if multi else nodes,
+        "tasks": node_count if multi else nodes,
         "cpus_per_task": config["cluster"]["cpus_per_node"],
         "mem_mb": mem_mb or config["cluster"]["mem_mb_per_node"],
         "runtime": runtime or config["cluster"]["time_min"],
+        "slurm_extra": slurm_extra,
     }
     if config["cluster"]["partition"]:
         res["slurm_partition"] = config["cluster"]["partition"]

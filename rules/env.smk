@@ -18,6 +18,7 @@ rule env:
         "results/benchmarks/env.tsv"
     conda:
         CONDA_ENV
+    retries: FAULTS["retries"]
     resources:
         **stage_resources(nodes=1, gpus=False, mem_mb=2000),
     shell:

@@ -18,6 +18,7 @@ rule multinode:
         "results/benchmarks/multinode.tsv"
     conda:
         CONDA_ENV
+    retries: FAULTS["retries"]
     resources:
         **stage_resources(nodes=NODES, mpi=True),
     shell:

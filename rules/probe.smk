@@ -17,6 +17,7 @@ rule probe:
         "results/benchmarks/probe.tsv"
     conda:
         CONDA_ENV
+    retries: FAULTS["retries"]
     resources:
         **stage_resources(nodes=NODES, mpi=True, mem_mb=1000),
     shell:

@@ -16,6 +16,7 @@ rule ray:
         "results/benchmarks/ray.tsv"
     conda:
         CONDA_ENV
+    retries: FAULTS["retries"]
     resources:
         **stage_resources(nodes=NODES, mpi=True),
     shell:

@@ -18,6 +18,7 @@ rule single:
         "results/benchmarks/single.tsv"
     conda:
         CONDA_ENV
+    retries: FAULTS["retries"]
     resources:
         **stage_resources(nodes=1),
     shell:

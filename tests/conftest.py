@@ -62,7 +62,10 @@ class Sandbox:
         return self.state_dir / "etc" / "slurm.conf"
 
     def env(self, **extra: str) -> dict[str, str]:
-        return dict(os.environ, SLURM_CONF=str(self.slurm_conf), PATH=f"{BIN}:{os.environ.get('PATH', '')}", **extra)
+        """This process's environment pointed at the sandbox (and the venv's tools), plus extra."""
+        env = dict(os.environ, SLURM_CONF=str(self.slurm_conf), PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+        env.update(extra)
+        return env
 
     def node_names(self) -> list[str]:
         return [f"n{i}" for i in range(1, self.nodes + 1)]
@@ -138,10 +141,15 @@ RunDag = Callable[..., DagRun]
 
 @pytest.fixture
 def run_dag(sandbox: Sandbox, tmp_path: Path) -> RunDag:
-    """run_dag(*targets, overrides={...}, workdir=None, timeout=600, extra=[...]) -> DagRun."""
+    """run_dag(*targets, overrides={...}, workdir=None, timeout=600, extra=(...), env={...}) -> DagRun.
+
+    overrides are deep-merged into config/config.yaml (or config= replaces it whole); workdir
+    defaults to a fresh tmp dir; extra are more snakemake arguments; env adds variables.
+    """
 
     def run(*targets: str, overrides: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
-            workdir: Path | None = None, timeout: float = 600, extra: tuple[str, ...] = ()) -> DagRun:
+            workdir: Path | None = None, timeout: float = 600, extra: tuple[str, ...] = (),
+            env: dict[str, str] | None = None) -> DagRun:
         wd = workdir or tmp_path / "work"
         wd.mkdir(parents=True, exist_ok=True)
         cfg = config if config is not None else make_config(overrides)
@@ -150,8 +158,8 @@ def run_dag(sandbox: Sandbox, tmp_path: Path) -> RunDag:
         cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(wd),
                "--configfile", str(cfg_file), "--profile", str(ROOT / "profiles" / "sandbox"), *extra, *targets]
         t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=wd, env=sandbox.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=wd, env=sandbox.env(**(env or {})), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         try:
             out, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

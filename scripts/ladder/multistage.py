@@ -91,11 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     job = slurm.job_id()
     nodes = slurm.job_nodes(job)
     v.nodes = nodes
+    if len(nodes) < cfg["cluster"]["nodes"]:
+        v.degraded_reason = (f"ran on {len(nodes)} of {cfg['cluster']['nodes']} nodes; the pipeline shrank to fit "
+                             "(faults.allow_degraded)")
     versions = json.loads((a.results / "env" / "versions.json").read_text())
     v.versions = {k: versions["versions"].get(k, "") for k in ("vllm", "torch", "ray")}
     gpus = cfg["cluster"]["gpus_per_node"]
+    parallel = dict(cfg["parallel"])
+    if cfg["faults"]["allow_degraded"] and isinstance(parallel["pipeline_parallel_size"], int):
+        parallel["pipeline_parallel_size"] = min(parallel["pipeline_parallel_size"], len(nodes))
     try:
-        plan = make_plan(cfg["parallel"], len(nodes), gpus, model_shape(cfg["model"]))
+        plan = make_plan(parallel, len(nodes), gpus, model_shape(cfg["model"]))
     except PlanError as err:
         v.check("plan", False, None, "a valid plan", detail=str(err))
         return v.finish(a.out_dir / "verdict.json")

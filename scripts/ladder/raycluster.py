@@ -32,7 +32,9 @@ SHM_PATTERNS = ("psm_*", "*cpushm*", "sem.*", "plasma*")
 
 
 class ClusterError(RuntimeError):
-    pass
+    def __init__(self, message: str, nodes: list[str]) -> None:
+        super().__init__(message)
+        self.nodes = nodes  # the nodes that failed
 
 
 @dataclass
@@ -276,7 +278,7 @@ class RayCluster:
         head_ip = self.spec.addrs[self.spec.head]
         joined: dict[str, Any] = {}
         if not wait_tcp(head_ip, self.spec.ports["gcs"], deadline):
-            raise ClusterError(self.diagnose("start-head", [self.spec.head]))
+            raise ClusterError(self.diagnose("start-head", [self.spec.head]), [self.spec.head])
         ray.init(address=self.spec.address, _node_ip_address=head_ip, logging_level="warning",
                  log_to_driver=False)
         delay = 0.2
@@ -289,7 +291,7 @@ class RayCluster:
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
         missing = [n for n in self.spec.nodes if n not in joined]
-        raise ClusterError(self.diagnose("join", missing))
+        raise ClusterError(self.diagnose("join", missing), missing)
 
     def diagnose(self, step: str, missing: list[str]) -> str:
         waited = time.monotonic() - self.started

@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     job = slurm.job_id()
     nodes = slurm.job_nodes(job)
     v.nodes = nodes
+    want = cfg["cluster"]["nodes"]
+    if len(nodes) < want:
+        v.degraded_reason = f"ran on {len(nodes)} of {want} nodes ({', '.join(nodes)}); failed nodes were excluded"
     probe = {n["slurm_node"]: n for n in json.loads((a.results / "probe" / "nodes.json").read_text())["nodes"]}
     addrs, ifaces = addresses_from_probe([probe[n] for n in nodes if n in probe])
     unknown = [n for n in nodes if n not in addrs]
@@ -129,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         except ClusterError as err:
             v.check("nodes_joined", False, None, len(nodes), "nodes", detail=str(err))
             print(str(err), file=sys.stderr, flush=True)
+            # faults.exclude_on_failure: the retry allocates without these nodes.
+            (a.verdict.parent / "failed_nodes.txt").write_text("\n".join(err.nodes) + "\n")
             return v.finish(a.verdict)
         v.metrics["bringup_s"] = round(bringup, 2)
         v.check("nodes_joined", True, len(nodes), len(nodes), "nodes", detail=f"all joined in {bringup:.1f}s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from ladder.envcheck import fingerprint, lock_mismatches, parse_lock
 
 pytestmark = pytest.mark.unit

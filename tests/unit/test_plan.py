@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from ladder.plan import TINY_SHAPE, Plan, PlanError, make_plan, model_shape
 
 pytestmark = pytest.mark.unit

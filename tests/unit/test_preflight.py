@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ladder import preflight
 from snakemake.utils import validate
+
+from ladder import preflight
 
 pytestmark = pytest.mark.unit
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from ladder.probe import primary_ipv4, summarize
 from ladder.verdict import Verdict
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from ladder.slurm import PORTS_PER_JOB, expand_nodelist, job_ports
 
 pytestmark = pytest.mark.unit

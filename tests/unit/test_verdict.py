@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+
 from ladder.verdict import STATUSES, Verdict, read_verdict, reference_check, require_gate
 
 pytestmark = pytest.mark.unit

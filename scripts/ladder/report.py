@@ -1,0 +1,276 @@
+"""Stage report: one HTML page a lab lead reads once, from the real results of every stage.
+
+Verdict table, every check against its reference, single vs multinode throughput and
+latency, per-node resource timelines, a time breakdown per stage, versions, config,
+the parallel plan, and the comparison with the previous run (results/history.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from ladder.timeline import stage_breakdown  # noqa: E402
+from ladder.verdict import write_json  # noqa: E402
+
+STAGES = ["env", "probe", "ray", "single", "multinode"]
+COLORS = {"pass": "#2e7d32", "degraded": "#ef6c00", "fail": "#c62828", "missing": "#757575"}
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def stage_wall_s(results: Path, stage: str) -> float | None:
+    """Wall time of the stage's job script, from Snakemake's benchmark file."""
+    tsv = results / "benchmarks" / f"{stage}.tsv"
+    if not tsv.exists():
+        return None
+    rows = list(csv.DictReader(tsv.open(), delimiter="\t"))
+    return float(rows[-1]["s"]) if rows else None
+
+
+# ------------------------------------------------------------------ plots
+def plot_bench(single: dict[str, Any], multi: dict[str, Any] | None, out: Path) -> list[str]:
+    levels = list(single["results"])
+    series = [("single", single)] + ([("multinode", multi)] if multi else [])
+    files = []
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / len(series)
+    for i, (name, data) in enumerate(series):
+        vals = [data["results"].get(lv, {}).get("output_throughput", 0) for lv in levels]
+        ax.bar([x + i * width for x in range(len(levels))], vals, width, label=f"{name} {plan_str(data)}")
+    ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(levels))], levels)
+    ax.set_xlabel("max concurrency")
+    ax.set_ylabel("output tokens/s")
+    ax.set_title("Throughput: single vs multinode")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "throughput.png", dpi=110)
+    plt.close(fig)
+    files.append("throughput.png")
+
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+    for ax, metric in zip(axes, ("ttft_ms", "tpot_ms", "e2el_ms"), strict=True):
+        for i, (name, data) in enumerate(series):
+            vals = [data["results"].get(lv, {}).get(metric, {}).get("median") or 0 for lv in levels]
+            ax.bar([x + i * width for x in range(len(levels))], vals, width, label=name)
+        ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(levels))], levels)
+        ax.set_title(f"median {metric.replace('_ms', '').upper()} (ms)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+    files.append("latency.png")
+    return files
+
+
+def plot_monitor(results: Path, out: Path) -> list[str]:
+    files = []
+    for stage in ("ray", "single", "multinode"):
+        csvs = sorted((results / stage / "monitor").glob("*.csv"))
+        if not csvs:
+            continue
+        gpu = any(r.get("gpu") not in (None, "") for r in csv.DictReader(csvs[0].open()))
+        panels = [("cpu_pct", "CPU %"), ("mem_used_mib", "memory used (MiB)"), ("net_rx_mb", "net rx (MB)")]
+        if gpu:
+            panels += [("gpu_util_pct", "GPU util %"), ("gpu_mem_used_mib", "GPU memory (MiB)"),
+                       ("gpu_power_w", "GPU power (W)")]
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 2.8))
+        for f in csvs:
+            rows = list(csv.DictReader(f.open()))
+            for ax, (col, title) in zip(axes, panels, strict=True):
+                pts = [(float(r["t"]), float(r[col])) for r in rows if r.get(col) not in (None, "")]
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), label=f.stem, lw=1)
+                ax.set_title(title, fontsize=9)
+                ax.set_xlabel("s", fontsize=8)
+        axes[0].legend(fontsize=7)
+        fig.suptitle(f"{stage}: per-node resources", fontsize=10)
+        fig.tight_layout()
+        name = f"monitor-{stage}.png"
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        files.append(name)
+    return files
+
+
+def plot_breakdown(breakdown: dict[str, dict[str, float]], out: Path) -> str:
+    phases: list[str] = []
+    for parts in breakdown.values():
+        phases += [p for p in parts if p not in phases]
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.55 * len(breakdown)))
+    cmap = plt.get_cmap("tab10")
+    stages = list(breakdown)
+    left = [0.0] * len(stages)
+    for j, phase in enumerate(phases):
+        vals = [breakdown[s].get(phase, 0.0) for s in stages]
+        ax.barh(stages, vals, left=left, color=cmap(j % 10), label=phase)
+        left = [a + b for a, b in zip(left, vals, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title("Where each stage's time went")
+    ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, -0.55 - 0.1 * len(phases) / 4))
+    fig.tight_layout()
+    fig.savefig(out / "breakdown.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return "breakdown.png"
+
+
+def plan_str(bench: dict[str, Any]) -> str:
+    p = bench["metadata"]["plan"]
+    return f"(TP={p['tensor_parallel_size']}, PP={p['pipeline_parallel_size']})"
+
+
+# ------------------------------------------------------------------ history
+def history(results: Path, verdicts: dict[str, Any], config_hash: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Append this run's metrics; return (previous entry, this entry)."""
+    path = results / "history.jsonl"
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    entry = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config_hash": config_hash,
+             "jobs": {s: v.get("slurm_job") for s, v in verdicts.items() if v},
+             "metrics": {s: v.get("metrics", {}) for s, v in verdicts.items() if v}}
+    prev = next((e for e in reversed(entries) if e["jobs"] != entry["jobs"]), None)
+    if not entries or entries[-1]["jobs"] != entry["jobs"]:  # one entry per distinct run
+        with path.open("a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+        path.chmod(0o644)
+    return prev, entry
+
+
+# ------------------------------------------------------------------ html
+def esc(x: Any) -> str:
+    return html.escape(str(x))
+
+
+def table(headers: list[str], rows: list[list[Any]], raw_cols: tuple[int, ...] = ()) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c if i in raw_cols else esc(c)}</td>" for i, c in enumerate(r)) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def badge(status: str) -> str:
+    return f'<span class="badge" style="background:{COLORS.get(status, "#555")}">{esc(status.upper())}</span>'
+
+
+def fmt(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "") -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    verdicts = {s: load(results / s / "verdict.json") or load(results / s / "verdict.failed.json") for s in STAGES}
+    single, multi = load(results / "single" / "bench.json"), load(results / "multinode" / "bench.json")
+    scaling = load(results / "multinode" / "scaling.json")
+    versions = (load(results / "env" / "versions.json") or {}).get("versions", {})
+    breakdown = {s: stage_breakdown(s, v, stage_wall_s(results, s), results) for s, v in verdicts.items() if v}
+    plots = (plot_bench(single, multi, out) if single else []) + plot_monitor(results, out)
+    plots.append(plot_breakdown(breakdown, out))
+    prev, cur = history(results, verdicts, config_hash)
+
+    rows = []
+    for s in STAGES:
+        v = verdicts[s]
+        if not v:
+            rows.append([s, badge("missing"), "stage has not run", "", ""])
+            continue
+        reasons = "; ".join(f"{c['name']}: {c['detail'] or c['value']}" for c in v["checks"] if c["ok"] is False)
+        if v["status"] == "degraded":
+            reasons = f"DEGRADED: {v.get('degraded_reason', '')} " + reasons
+        rows.append([s, badge(v["status"]), esc(reasons or "all checks passed"), esc(v.get("slurm_job", "")),
+                     esc(", ".join(v.get("nodes", [])))])
+    parts = [f"<h1>ladder report — cluster {esc(config['cluster']['name'])}</h1>",
+             f"<p>Generated {esc(time.strftime('%Y-%m-%d %H:%M:%S %Z'))}.</p>",
+             "<h2>Stage verdicts</h2>",
+             table(["stage", "status", "reasons", "Slurm job", "nodes"], rows, raw_cols=(1, 2))]
+    if any(v and v["status"] == "degraded" for v in verdicts.values()):
+        parts.insert(1, '<p class="warn">At least one stage passed DEGRADED: fewer resources than configured.</p>')
+
+    if multi:
+        p = multi["metadata"]["plan"]
+        parts.append(f"<h2>Parallel plan</h2><p>multinode: tensor parallel {p['tensor_parallel_size']} inside "
+                     f"each node × pipeline parallel {p['pipeline_parallel_size']} across nodes "
+                     f"{esc(', '.join(multi['metadata']['nodes']))}; single: {esc(plan_str(single))} on "
+                     f"{esc(', '.join(single['metadata']['nodes']))}.</p>")
+    if scaling:
+        srows = [[lv, *r.values()] for lv, r in scaling["ratios_multinode_over_single"].items()]
+        keys = list(next(iter(scaling["ratios_multinode_over_single"].values()), {}).keys())
+        parts += ["<h2>Scaling: multinode / single (same bench settings, same run)</h2>",
+                  table(["concurrency", *keys], srows)]
+    if single:
+        brow = []
+        for name, data in (("single", single), ("multinode", multi)):
+            for lv, r in (data or {}).get("results", {}).items():
+                brow.append([name, lv, fmt(r["output_throughput"]), fmt(r["request_throughput"]),
+                             fmt(r["ttft_ms"]["median"]), fmt(r["ttft_ms"]["p99"]), fmt(r["tpot_ms"]["median"]),
+                             fmt(r["itl_ms"]["median"]), fmt(r["e2el_ms"]["median"]), r["completed"], r["failed"]])
+        parts += ["<h2>Benchmarks (vllm bench serve)</h2>",
+                  table(["stage", "conc.", "out tok/s", "req/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms",
+                         "ITL p50 ms", "E2E p50 ms", "completed", "failed"], brow)]
+    parts.append("<h2>Plots</h2>" + "".join(f'<img src="{esc(p)}" alt="{esc(p)}">' for p in plots))
+    parts.append("<h2>Time breakdown per stage (s)</h2>" + table(
+        ["stage", "phases"], [[s, ", ".join(f"{k} {v:.1f}" for k, v in b.items())] for s, b in breakdown.items()]))
+
+    crow = []
+    for s in STAGES:
+        for c in (verdicts[s] or {}).get("checks", []):
+            mark = {True: "ok", False: "FAIL", None: "n/a"}[c["ok"]]
+            crow.append([s, c["name"], mark, fmt(c["value"]), fmt(c["expected"]), c["unit"], c["detail"]])
+    parts += ["<h2>Every check (performance checks against config references)</h2>",
+              table(["stage", "check", "result", "value", "reference / expected", "unit", "detail"], crow)]
+
+    hrow = []
+    if prev:
+        for s, metrics in cur["metrics"].items():
+            for k, val in metrics.items():
+                old = prev["metrics"].get(s, {}).get(k)
+                if isinstance(val, int | float) and isinstance(old, int | float) and old:
+                    hrow.append([s, k, fmt(old), fmt(val), f"{(val - old) / old * 100:+.1f} %"])
+    parts.append("<h2>Compared with the previous run</h2>" + (
+        table(["stage", "metric", "previous", "this run", "change"], hrow) if hrow else
+        "<p>No previous run in results/history.jsonl.</p>"))
+    parts += ["<h2>Versions</h2>", table(["package", "version"], [[k, v] for k, v in versions.items()]),
+              "<h2>Configuration (validated, defaults filled)</h2>",
+              f"<pre>{esc(json.dumps(config, indent=1))}</pre>"]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ladder report</title><style>
+body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;margin:.5em 0}}
+td,th{{border:1px solid #ccc;padding:3px 7px;font-size:13px;text-align:left;vertical-align:top}}
+th{{background:#eee}} .badge{{color:#fff;padding:2px 8px;border-radius:4px;font-weight:bold}}
+.warn{{background:#fff3e0;border:2px solid #ef6c00;padding:.6em;font-weight:bold}}
+img{{max-width:100%;border:1px solid #ddd;margin:4px}} pre{{background:#f6f6f6;padding:1em;font-size:12px}}
+</style></head><body>{''.join(parts)}</body></html>"""
+    index = out / "index.html"
+    index.write_text(page)
+    for f in out.iterdir():
+        f.chmod(0o644)
+    write_json(out / "summary.json", {"verdicts": {s: (v or {}).get("status", "missing") for s, v in verdicts.items()},
+                                      "breakdown": breakdown, "plots": plots})
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", type=Path, required=True)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="report directory (index.html, PNGs)")
+    ap.add_argument("--config-hash", default="")
+    a = ap.parse_args(argv)
+    index = build(a.results, a.out, json.loads(a.config.read_text()), a.config_hash)
+    print(f"report: {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The whole ladder on the sandbox: env -> probe -> ray -> single -> multinode -> report.
+
+Real Slurm jobs through the plugin, real Ray across network namespaces, real vLLM on
+CPU with pipeline parallel through the Ray executor.  One work directory: 2 nodes
+first, then 3 nodes by changing the config alone.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
+
+STAGES = ["env", "probe", "ray", "single", "multinode"]
+API_KEY = "ladder-test-" + secrets.token_hex(12)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ladder")
+
+
+def verdict(run, stage: str) -> dict:
+    return json.loads((run.results / stage / "verdict.json").read_text())
+
+
+def leftover_processes(sandbox) -> list[str]:
+    """Processes in the sandbox's node namespaces other than slurmd itself."""
+    from ladder.sandbox import pids_in_namespaces
+
+    out = []
+    for pid in pids_in_namespaces(sandbox.instance):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if not cmd.startswith(("slurmd", "/usr/sbin/slurmd")) and "slurmstepd" not in cmd:
+            out.append(f"{pid}: {cmd[:120]}")
+    return out
+
+
+def check_ladder(run, sandbox, nodes: int) -> None:
+    assert run.returncode == 0, run.stdout[-5000:]
+    for stage in STAGES:
+        v = verdict(run, stage)
+        assert v["status"] == "pass", (stage, [c for c in v["checks"] if c["ok"] is False])
+    single = json.loads((run.results / "single" / "bench.json").read_text())
+    for level, r in single["results"].items():
+        assert r["output_throughput"] > 0 and r["completed"] > 0 and r["failed"] == 0, level
+    assert single["metadata"]["versions"]["vllm"] and single["metadata"]["config_hash"]
+    multi = verdict(run, "multinode")
+    checks = {c["name"]: c for c in multi["checks"]}
+    # Every pipeline rank on its own node, read from vLLM's own log.
+    assert checks["pipeline_rank_per_node"]["value"] == {str(i): f"n{i + 1}" for i in range(nodes)}
+    assert checks["outputs_match_single"]["ok"] is True
+    for name in ("models_list", "completion", "chat", "streaming", "concurrent_clients", "no_key_401",
+                 "max_tokens", "alive_after_malformed"):
+        assert checks[name]["ok"] is True, checks[name]
+    scaling = json.loads((run.results / "multinode" / "scaling.json").read_text())
+    assert scaling["multinode"]["plan"]["pipeline_parallel_size"] == nodes
+    assert all(r["output_throughput"] > 0 for r in scaling["ratios_multinode_over_single"].values())
+    log = (run.results / "logs" / "multinode" / "n1" / "vllm-serve.log").read_text()
+    assert "--distributed-executor-backend ray" in log and f"--pipeline-parallel-size {nodes}" in log
+    for i in range(2, nodes + 1):
+        assert f"ip={sandbox.node_ip(i)}" in log  # a worker really ran on that node
+    # Report with real data and non-empty plots.
+    html = (run.results / "report" / "index.html").read_text()
+    for stage in STAGES:
+        assert f"<td>{stage}</td>" in html
+    for png in ("throughput.png", "latency.png", "breakdown.png", "monitor-multinode.png"):
+        data = (run.results / "report" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+    assert (run.results / "single" / "monitor" / "n1.csv").stat().st_size > 100
+    assert {p.stem for p in (run.results / "multinode" / "monitor").glob("*.csv")} == {f"n{i}" for i in
+                                                                                    range(1, nodes + 1)}
+    # Nothing left behind: no Ray, vLLM or srun process of the run in any node.
+    assert leftover_processes(sandbox) == []
+
+
+def no_secret_anywhere(root: Path) -> None:
+    for f in root.rglob("*"):
+        if f.is_file():
+            assert API_KEY.encode() not in f.read_bytes(), f"API key leaked into {f}"
+            assert not f.stat().st_mode & 0o002, f"{f} is world-writable"
+
+
+def test_ladder_two_nodes(run_dag, sandbox, workdir):
+    run = run_dag("all", overrides={"cluster": {"nodes": 2}}, workdir=workdir, timeout=1800,
+                  env={"LADDER_API_KEY": API_KEY})
+    check_ladder(run, sandbox, 2)
+    no_secret_anywhere(run.results)
+    no_secret_anywhere(workdir / ".snakemake")
+    print(f"2-node ladder: {run.elapsed:.0f}s")
+
+
+def test_report_renders_in_chromium(workdir, tmp_path):
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian chromium is needed for this test (.ci/run installs it)"
+    index = workdir / "results" / "report" / "index.html"
+    shot = tmp_path / "report.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2400",
+                    f"--screenshot={shot}", index.as_uri()], check=True, timeout=120, capture_output=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
+    shutil.copy(shot, workdir / "results" / "report" / "screenshot.png")
+
+
+def test_ladder_three_nodes_by_config_alone(run_dag, sandbox, workdir):
+    run = run_dag("all", overrides={"cluster": {"nodes": 3}}, workdir=workdir, timeout=2400,
+                  env={"LADDER_API_KEY": API_KEY})
+    check_ladder(run, sandbox, 3)
+    assert "env" not in run.submitted(), "env must stay cached when only cluster.nodes changes"
+    print(f"3-node ladder: {run.elapsed:.0f}s")
+
+
+def test_rerun_submits_nothing(run_dag, workdir):
+    run = run_dag("all", overrides={"cluster": {"nodes": 3}}, workdir=workdir, timeout=120)
+    assert run.returncode == 0 and run.submitted() == {}, run.stdout[-3000:]
+    assert "Nothing to be done" in run.stdout
