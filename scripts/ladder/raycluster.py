@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 # The custom resource every node registers; vLLM's Ray executor on CPU places its
-# workers with it (ladder.vllm_plugin reads the same name).
-CPU_SLOT_RESOURCE = "ladder_cpu_slot"
+# workers with it (the platform plugin defines the name).
+from ladder.vllm_plugin import RAY_RESOURCE as CPU_SLOT_RESOURCE
+
 SHM_PATTERNS = ("psm_*", "*cpushm*", "sem.*", "plasma*")
 
 
@@ -102,8 +103,10 @@ def ray_start_cmd(spec: Spec, node: str) -> list[str]:
            f"--temp-dir={spec.temp_dir(node)}", "--disable-usage-stats"]
     if node == spec.head:
         # Dashboard off: nothing listens beyond what the cluster needs.
+        # Even without the dashboard a process binds its port (8265 by default): keep it
+        # inside this job's block and on loopback.
         cmd += ["--head", f"--port={p['gcs']}", f"--ray-client-server-port={p['client_server']}",
-                "--include-dashboard=false"]
+                "--include-dashboard=false", f"--dashboard-port={p['dashboard']}", "--dashboard-host=127.0.0.1"]
     else:
         cmd += [f"--address={spec.address}"]
     return cmd

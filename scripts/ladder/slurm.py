@@ -89,7 +89,8 @@ def job_ports(jid: int, base: int, span: int) -> dict[str, int]:
     blocks = span // PORTS_PER_JOB
     start = base + (jid % blocks) * PORTS_PER_JOB
     names = ["gcs", "serve", "node_manager", "object_manager", "client_server", "dashboard_agent_grpc",
-             "dashboard_agent_http", "runtime_env_agent", "metrics_export", "torch_dist", "vllm"]
+             "dashboard_agent_http", "runtime_env_agent", "metrics_export", "torch_dist", "vllm",
+             "dashboard"]
     ports = {n: start + i for i, n in enumerate(names)}
     # vLLM takes a few ports upward of VLLM_PORT; Ray's workers get the upper half.
     ports["min_worker"] = start + PORTS_PER_JOB // 2
