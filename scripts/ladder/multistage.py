@@ -24,7 +24,7 @@ from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_pro
 from ladder.raystage import check_nodes, check_tasks
 from ladder.singlestage import metadata, perf_checks
 from ladder.verdict import Verdict, require_gate, write_json
-from ladder.vllmserver import Server, ServerError, api_key, cpu_env, resolve_model, serve_args
+from ladder.vllmserver import Server, ServerError, api_key, cpu_env, last_run, resolve_model, serve_args
 
 _WORKER = re.compile(r"\(RayWorker\w* pid=\d+(?:, ip=([0-9.]+))?\)")
 _PP_RANK = re.compile(r"is assigned as .*\bPP rank (\d+)")
@@ -67,7 +67,7 @@ def pipeline_placement(log: Path, addrs: dict[str, str], head: str) -> dict[int,
     """
     by_ip = {ip: n for n, ip in addrs.items()}
     placement = {}
-    for line in log.read_text(errors="replace").splitlines():
+    for line in last_run(log):
         m = _WORKER.search(line)
         r = _PP_RANK.search(line)
         if m and r:

@@ -28,8 +28,10 @@ def _ts(line: str) -> datetime | None:
 
 def vllm_phases(log: Path) -> dict[str, float]:
     """Seconds per start-up phase from one `vllm serve` log (missing phases are left out)."""
+    from ladder.vllmserver import last_run
+
     try:
-        lines = log.read_text(errors="replace").splitlines()
+        lines = last_run(log)
     except OSError:
         return {}
     found: dict[str, float] = {}

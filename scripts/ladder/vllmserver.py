@@ -36,6 +36,13 @@ class ServerError(RuntimeError):
     pass
 
 
+def last_run(log: Path) -> list[str]:
+    """Lines of the latest server start in an appended log (each start writes a `$ cmd` line)."""
+    lines = log.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("$ ")]
+    return lines[starts[-1]:] if starts else lines
+
+
 def tail(path: Path, n: int = 25) -> str:
     try:
         lines = path.read_text(errors="replace").splitlines()
