@@ -83,6 +83,23 @@ class Sandbox:
         return subprocess.run([sys.executable, "-m", "ladder.sandbox", "--instance", str(self.instance), *args],
                               cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
+    def stray_processes(self) -> list[str]:
+        """Processes inside the node namespaces other than slurmd: Ray, vLLM, srun steps left behind."""
+        from ladder.sandbox import pids_in_namespaces
+
+        out = []
+        for pid in pids_in_namespaces(self.instance):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if cmd and not cmd.startswith(("slurmd", "/usr/sbin/slurmd")):
+                out.append(f"{pid}: {cmd[:160]}")
+        return out
+
+    def running_jobs(self) -> str:
+        return self.slurm("squeue", "-h", "-t", "running,pending", "-o", "%i %j %T")
+
     def job_ids(self) -> set[int]:
         """Every job slurmctld remembers (MinJobAge=3600 keeps finished ones)."""
         out = self.slurm("squeue", "-h", "-t", "all", "-o", "%i")

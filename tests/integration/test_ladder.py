@@ -30,21 +30,6 @@ def verdict(run, stage: str) -> dict:
     return json.loads((run.results / stage / "verdict.json").read_text())
 
 
-def leftover_processes(sandbox) -> list[str]:
-    """Processes in the sandbox's node namespaces other than slurmd itself."""
-    from ladder.sandbox import pids_in_namespaces
-
-    out = []
-    for pid in pids_in_namespaces(sandbox.instance):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if not cmd.startswith(("slurmd", "/usr/sbin/slurmd")) and "slurmstepd" not in cmd:
-            out.append(f"{pid}: {cmd[:120]}")
-    return out
-
-
 def check_ladder(run, sandbox, nodes: int) -> None:
     assert run.returncode == 0, run.stdout[-5000:]
     for stage in STAGES:
@@ -80,7 +65,7 @@ def check_ladder(run, sandbox, nodes: int) -> None:
     assert {p.stem for p in (run.results / "multinode" / "monitor").glob("*.csv")} == {f"n{i}" for i in
                                                                                     range(1, nodes + 1)}
     # Nothing left behind: no Ray, vLLM or srun process of the run in any node.
-    assert leftover_processes(sandbox) == []
+    assert sandbox.stray_processes() == []
 
 
 def no_secret_anywhere(root: Path) -> None:
