@@ -84,3 +84,54 @@ def run_suite(v: Verdict, srv: Server, reference_outputs: list[dict[str, Any]] |
                 detail=f"differ: {diff}" if diff else "greedy outputs byte-identical to the single stage")
     return {"duration_s": round(time.monotonic() - t0, 1), "greedy": greedy,
             "cases": [c.__dict__ for c in v.checks]}
+
+
+def soak(v: Verdict, srv: Server, seconds: float, clients: int) -> dict[str, Any]:
+    """Bounded concurrent load for `seconds`: no failed request, server memory steady."""
+    import threading
+
+    import psutil
+
+    stop = time.monotonic() + seconds
+    lock = threading.Lock()
+    counts = {"ok": 0, "failed": 0}
+    latencies: list[float] = []
+
+    def client(i: int) -> None:
+        n = 0
+        while time.monotonic() < stop:
+            t0 = time.monotonic()
+            status, _ = srv.request("/v1/completions", {"model": srv.served_name, "prompt": f"Soak {i}.{n}:",
+                                                        "max_tokens": 16}, timeout=120)
+            with lock:
+                counts["ok" if status == 200 else "failed"] += 1
+                latencies.append(time.monotonic() - t0)
+            n += 1
+
+    def rss_mib() -> float:
+        root = psutil.Process(srv.proc.pid) if srv.proc else None
+        procs = [root, *root.children(recursive=True)] if root else []
+        return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    memory = []
+    while any(t.is_alive() for t in threads):
+        memory.append(round(rss_mib(), 1))
+        time.sleep(min(5.0, max(seconds / 20, 0.5)))
+    for t in threads:
+        t.join()
+    latencies.sort()
+    total = counts["ok"] + counts["failed"]
+    v.check("soak_no_failed_requests", counts["failed"] == 0 and total > 0, counts["failed"], 0, "failed",
+            detail=f"{total} requests from {clients} clients in {seconds:.0f}s")
+    # Steady: after the first quarter (warm-up), memory grows by less than 10 %.
+    settled = memory[len(memory) // 4:] or memory
+    growth = (settled[-1] - settled[0]) / settled[0] if settled and settled[0] else 0.0
+    v.check("soak_memory_steady", growth < 0.10, round(growth * 100, 1), "< 10", "% growth",
+            detail=f"server RSS {settled[0] if settled else 0:.0f} -> {settled[-1] if settled else 0:.0f} MiB")
+    return {"seconds": seconds, "clients": clients, **counts,
+            "latency_s": {"p50": latencies[len(latencies) // 2] if latencies else None,
+                          "p99": latencies[int(len(latencies) * 0.99)] if latencies else None},
+            "server_rss_mib": memory}

@@ -18,7 +18,7 @@ from typing import Any
 
 from ladder import slurm
 from ladder.bench import ratios, run_sweep
-from ladder.e2e import run_suite
+from ladder.e2e import run_suite, soak
 from ladder.plan import PlanError, make_plan, model_shape
 from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
 from ladder.raystage import check_nodes, check_tasks
@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                         a.config_hash, served)
         write_json(a.out_dir / "bench.json", {"metadata": meta, "results": results})
         perf_checks(v, "multinode", results, cfg["references"].get(cfg["cluster"]["name"], {}))
+        if cfg["bench"]["soak_s"]:
+            write_json(a.out_dir / "soak.json", soak(v, srv, cfg["bench"]["soak_s"], cfg["bench"]["soak_clients"]))
         single = json.loads((a.results / "single" / "bench.json").read_text())
         write_json(a.out_dir / "scaling.json", {
             "single": {"plan": single["metadata"]["plan"], "nodes": single["metadata"]["nodes"]},

@@ -30,6 +30,9 @@ def problems(config: dict[str, Any], basedir: Path) -> list[str]:
                       model_shape(model))
         except PlanError as err:
             out.append(str(err))
+    key_file = config["serve"]["api_key_file"]
+    if key_file and not Path(key_file).is_file():
+        out.append(f"serve.api_key_file: {key_file} does not exist (the API key is read from it)")
     ray = config["ray"]
     if ray["port_range"] < 5 * PORTS_PER_JOB:
         out.append(f"ray.port_range={ray['port_range']}: too small, needs at least {5 * PORTS_PER_JOB} ports")

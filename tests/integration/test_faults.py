@@ -59,25 +59,33 @@ def assert_clean(sandbox) -> None:
     assert sandbox.stray_processes() == []
 
 
+# Ray's ports in these tests; Slurm's (6817/6818) and srun's ephemeral ports stay open.
+RAY_PORTS = {"port_base": 20000, "port_range": 10000}
+
+
 @pytest.fixture
-def blackhole(sandbox):
-    """Cut one node off from another's address (a real network fault inside the sandbox)."""
-    routes = []
+def firewall(sandbox):
+    """A node whose firewall drops its traffic to Ray's port range on another node (nftables in its netns)."""
+    tables = []
 
-    def cut(node: str, peer_ip: str) -> None:
-        ns = f"ladder{sandbox.instance}-{node}"
-        subprocess.run(["ip", "-n", ns, "route", "add", "blackhole", f"{peer_ip}/32"], check=True)
-        routes.append((ns, peer_ip))
+    def block(node: str, peer_ip: str) -> None:
+        ns = f"/run/netns/ladder{sandbox.instance}-{node}"
+        lo, hi = RAY_PORTS["port_base"], RAY_PORTS["port_base"] + RAY_PORTS["port_range"] - 1
+        rules = (f"table inet ladder_test {{ chain out {{ type filter hook output priority 0; "
+                 f"ip daddr {peer_ip} tcp dport {lo}-{hi} drop; }} }}")
+        subprocess.run(["nsenter", f"--net={ns}", "nft", "-f", "-"], input=rules, text=True, check=True)
+        tables.append(ns)
 
-    yield cut
-    for ns, ip in routes:
-        subprocess.run(["ip", "-n", ns, "route", "del", "blackhole", f"{ip}/32"], check=False)
+    yield block
+    for ns in tables:
+        subprocess.run(["nsenter", f"--net={ns}", "nft", "delete", "table", "inet", "ladder_test"], check=False)
 
 
-def test_worker_that_cannot_join_fails_within_deadline_naming_it(run_dag, sandbox, blackhole, tmp_path):
-    blackhole("n2", sandbox.node_ip(1))  # n2 cannot reach the head on n1
+def test_worker_that_cannot_join_fails_within_deadline_naming_it(run_dag, sandbox, firewall, tmp_path):
+    firewall("n2", sandbox.node_ip(1))  # n2 cannot reach the Ray head on n1
     t0 = time.monotonic()
-    run = run_dag(RAY, overrides={"cluster": {"nodes": 2}, "ray": {"join_timeout_s": 20}}, workdir=tmp_path / "w")
+    run = run_dag(RAY, overrides={"cluster": {"nodes": 2}, "ray": {"join_timeout_s": 20, **RAY_PORTS}},
+                  workdir=tmp_path / "w")
     assert run.returncode != 0
     verdict = json.loads((run.results / "ray" / "verdict.failed.json").read_text())
     joined = next(c for c in verdict["checks"] if c["name"] == "nodes_joined")
@@ -91,9 +99,9 @@ def test_worker_that_cannot_join_fails_within_deadline_naming_it(run_dag, sandbo
     assert_clean(sandbox)
 
 
-def test_failed_node_is_excluded_on_retry_and_run_is_degraded(run_dag, sandbox, blackhole, tmp_path):
-    blackhole("n3", sandbox.node_ip(1))
-    over = {"cluster": {"nodes": 3}, "ray": {"join_timeout_s": 20},
+def test_failed_node_is_excluded_on_retry_and_run_is_degraded(run_dag, sandbox, firewall, tmp_path):
+    firewall("n3", sandbox.node_ip(1))
+    over = {"cluster": {"nodes": 3}, "ray": {"join_timeout_s": 20, **RAY_PORTS},
             "faults": {"retries": 1, "exclude_on_failure": True, "allow_degraded": True}}
     run = run_dag(RAY, overrides=over, workdir=tmp_path / "w")
     assert run.returncode == 0, run.stdout[-4000:]

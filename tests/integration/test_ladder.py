@@ -76,9 +76,11 @@ def no_secret_anywhere(root: Path) -> None:
 
 
 def test_ladder_two_nodes(run_dag, sandbox, workdir):
-    run = run_dag("all", overrides={"cluster": {"nodes": 2}}, workdir=workdir, timeout=1800,
-                  env={"LADDER_API_KEY": API_KEY})
+    run = run_dag("all", overrides={"cluster": {"nodes": 2}, "bench": {"soak_s": 90}}, workdir=workdir,
+                  timeout=1800, env={"LADDER_API_KEY": API_KEY})
     check_ladder(run, sandbox, 2)
+    soak = json.loads((run.results / "multinode" / "soak.json").read_text())
+    assert soak["failed"] == 0 and soak["ok"] > 10, soak
     no_secret_anywhere(run.results)
     no_secret_anywhere(workdir / ".snakemake")
     print(f"2-node ladder: {run.elapsed:.0f}s")
@@ -98,7 +100,7 @@ def test_report_renders_in_chromium(workdir, tmp_path):
 
 
 def test_ladder_three_nodes_by_config_alone(run_dag, sandbox, workdir):
-    run = run_dag("all", overrides={"cluster": {"nodes": 3}}, workdir=workdir, timeout=2400,
+    run = run_dag("all", overrides={"cluster": {"nodes": 3}, "bench": {"soak_s": 90}}, workdir=workdir, timeout=2400,
                   env={"LADDER_API_KEY": API_KEY})
     check_ladder(run, sandbox, 3)
     assert "env" not in run.submitted(), "env must stay cached when only cluster.nodes changes"
@@ -106,6 +108,6 @@ def test_ladder_three_nodes_by_config_alone(run_dag, sandbox, workdir):
 
 
 def test_rerun_submits_nothing(run_dag, workdir):
-    run = run_dag("all", overrides={"cluster": {"nodes": 3}}, workdir=workdir, timeout=120)
+    run = run_dag("all", overrides={"cluster": {"nodes": 3}, "bench": {"soak_s": 90}}, workdir=workdir, timeout=120)
     assert run.returncode == 0 and run.submitted() == {}, run.stdout[-3000:]
     assert "Nothing to be done" in run.stdout
