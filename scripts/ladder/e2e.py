@@ -101,17 +101,24 @@ def soak(v: Verdict, srv: Server, seconds: float, clients: int) -> dict[str, Any
         n = 0
         while time.monotonic() < stop:
             t0 = time.monotonic()
-            status, _ = srv.request("/v1/completions", {"model": srv.served_name, "prompt": f"Soak {i}.{n}:",
-                                                        "max_tokens": 16}, timeout=120)
+            try:
+                status, _ = srv.request("/v1/completions", {"model": srv.served_name, "prompt": f"Soak {i}.{n}:",
+                                                            "max_tokens": 16}, timeout=120)
+            except OSError:  # connection refused/reset: the server is gone
+                status = 0
+                time.sleep(1)
             with lock:
                 counts["ok" if status == 200 else "failed"] += 1
                 latencies.append(time.monotonic() - t0)
             n += 1
 
     def rss_mib() -> float:
-        root = psutil.Process(srv.proc.pid) if srv.proc else None
-        procs = [root, *root.children(recursive=True)] if root else []
-        return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+        try:
+            root = psutil.Process(srv.proc.pid) if srv.proc else None
+            procs = [root, *root.children(recursive=True)] if root else []
+            return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+        except psutil.Error:
+            return 0.0
 
     threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
     for t in threads:

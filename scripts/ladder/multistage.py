@@ -13,6 +13,7 @@ import json
 import re
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,76 @@ def pipeline_placement(log: Path, addrs: dict[str, str], head: str) -> dict[int,
     return dict(sorted(placement.items()))
 
 
+def lost_nodes(cluster: RayCluster, pipeline: list[str]) -> list[str]:
+    """Pipeline nodes Ray no longer sees alive (after a failure under load)."""
+    import ray
+
+    try:
+        if not ray.is_initialized():
+            spec = cluster.spec
+            ray.init(address=spec.address, _node_ip_address=spec.addrs[spec.head], logging_level="warning",
+                     log_to_driver=False)
+        deadline = time.monotonic() + 60  # Ray marks a node dead after its health checks fail
+        while time.monotonic() < deadline:
+            alive = cluster.alive_nodes()
+            lost = [n for n in pipeline if n not in alive]
+            if lost:
+                return lost
+            time.sleep(2)
+        return []
+    finally:
+        ray.shutdown()
+
+
+class Service:
+    """One start of the multi-node service and everything run against it."""
+
+    def __init__(self, cfg: dict[str, Any], a: argparse.Namespace, cluster: RayCluster, model_path: str,
+                 served: str, key: str, vllm_env: dict[str, str], versions: dict[str, Any]) -> None:
+        self.cfg, self.a, self.cluster = cfg, a, cluster
+        self.model_path, self.served, self.key = model_path, served, key
+        self.vllm_env, self.versions = vllm_env, versions
+        self.srv: Server | None = None
+        self.first_check = 0
+
+    def run(self, v: Verdict, tp: int, pipeline: list[str], attempt: int = 1) -> Server:
+        cfg, a, spec = self.cfg, self.a, self.cluster.spec
+        pp = len(pipeline)
+        self.first_check = len(v.checks)
+        head = spec.head
+        env = self.vllm_env | {"RAY_ADDRESS": spec.address, "VLLM_HOST_IP": spec.addrs[head],
+                               "GLOO_SOCKET_IFNAME": spec.ifaces[head], "NCCL_SOCKET_IFNAME": spec.ifaces[head]}
+        self.srv = srv = Server(self.model_path, self.served, spec.ports["serve"], self.key,
+                                a.log_dir / head / "vllm-serve.log", args=serve_args(cfg, tp, pp, ray=True), env=env)
+        srv.start()
+        healthy = srv.wait_healthy(cfg["serve"]["health_timeout_s"])
+        v.metrics["time_to_healthy_s" if attempt == 1 else f"time_to_healthy_s_attempt{attempt}"] = round(healthy, 1)
+        v.check("healthy", True, round(healthy, 1), f"< {cfg['serve']['health_timeout_s']}", "s",
+                detail=f"attempt {attempt}, PP={pp} on {', '.join(pipeline)}")
+        placed = pipeline_placement(srv.log, spec.addrs, head)
+        v.check("pipeline_rank_per_node", sorted(placed) == list(range(pp)) and set(placed.values()) == set(pipeline),
+                placed, f"{pp} PP ranks on {', '.join(pipeline)}",
+                detail="from vLLM's rank assignment lines, prefixed by Ray with each worker's node IP")
+        reference = json.loads((a.results / "single" / "outputs.json").read_text())["outputs"]
+        e2e = run_suite(v, srv, reference)
+        write_json(a.out_dir / "e2e.json", e2e | {"attempt": attempt, "pipeline": pipeline})
+        results = run_sweep(srv.base, self.served, self.model_path, cfg["bench"], self.key, a.out_dir / "raw",
+                            a.log_dir / head / "bench.log")
+        meta = metadata(cfg, self.versions, pipeline, {"tensor_parallel_size": tp, "pipeline_parallel_size": pp},
+                        a.config_hash, self.served)
+        write_json(a.out_dir / "bench.json", {"metadata": meta, "results": results})
+        perf_checks(v, "multinode", results, cfg["references"].get(cfg["cluster"]["name"], {}))
+        if cfg["bench"]["soak_s"]:
+            write_json(a.out_dir / "soak.json", soak(v, srv, cfg["bench"]["soak_s"], cfg["bench"]["soak_clients"]))
+        single = json.loads((a.results / "single" / "bench.json").read_text())
+        write_json(a.out_dir / "scaling.json", {
+            "single": {"plan": single["metadata"]["plan"], "nodes": single["metadata"]["nodes"]},
+            "multinode": {"plan": meta["plan"], "nodes": meta["nodes"]},
+            "ratios_multinode_over_single": ratios(results, single["results"]),
+            "note": "ratios of runs with identical bench settings; >1 throughput = faster multinode"})
+        return srv
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gate", type=Path, required=True, help="single verdict")
@@ -121,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                 join_timeout_s=cfg["ray"]["join_timeout_s"], env=vllm_env, slots=tp,
                 monitor_dir=str(a.out_dir / "monitor"), monitor_interval_s=cfg["monitor"]["interval_s"])
     cluster = RayCluster(spec)
-    srv = None
+    ctx: Service | None = None
     try:
         model_path, served = resolve_model(cfg["model"], cache)
         key = api_key(cfg["serve"]["api_key_env"], cfg["serve"]["api_key_file"])
@@ -138,42 +209,36 @@ def main(argv: list[str] | None = None) -> int:
         import ray
 
         ray.shutdown()  # the driver's connection; vLLM's own driver connects next
-        head = spec.head
-        server_env = vllm_env | {"RAY_ADDRESS": spec.address, "VLLM_HOST_IP": addrs[head],
-                                 "GLOO_SOCKET_IFNAME": ifaces[head], "NCCL_SOCKET_IFNAME": ifaces[head]}
-        srv = Server(model_path, served, ports["serve"], key, a.log_dir / head / "vllm-serve.log",
-                     args=serve_args(cfg, tp, pp, ray=True), env=server_env)
-        srv.start()
-        healthy = srv.wait_healthy(cfg["serve"]["health_timeout_s"])
-        v.metrics["time_to_healthy_s"] = round(healthy, 1)
-        v.check("healthy", True, round(healthy, 1), f"< {cfg['serve']['health_timeout_s']}", "s")
-        placed = pipeline_placement(srv.log, addrs, head)
-        v.check("pipeline_rank_per_node", sorted(placed) == list(range(pp)) and len(set(placed.values())) == pp,
-                placed, f"{pp} PP ranks on {pp} distinct nodes",
-                detail="from vLLM's rank assignment lines, prefixed by Ray with each worker's node IP")
-        reference = json.loads((a.results / "single" / "outputs.json").read_text())["outputs"]
-        e2e = run_suite(v, srv, reference)
-        write_json(a.out_dir / "e2e.json", e2e)
-        results = run_sweep(srv.base, served, model_path, cfg["bench"], key, a.out_dir / "raw",
-                            a.log_dir / head / "bench.log")
-        meta = metadata(cfg, versions, nodes[:pp], {"tensor_parallel_size": tp, "pipeline_parallel_size": pp},
-                        a.config_hash, served)
-        write_json(a.out_dir / "bench.json", {"metadata": meta, "results": results})
-        perf_checks(v, "multinode", results, cfg["references"].get(cfg["cluster"]["name"], {}))
-        if cfg["bench"]["soak_s"]:
-            write_json(a.out_dir / "soak.json", soak(v, srv, cfg["bench"]["soak_s"], cfg["bench"]["soak_clients"]))
-        single = json.loads((a.results / "single" / "bench.json").read_text())
-        write_json(a.out_dir / "scaling.json", {
-            "single": {"plan": single["metadata"]["plan"], "nodes": single["metadata"]["nodes"]},
-            "multinode": {"plan": meta["plan"], "nodes": meta["nodes"]},
-            "ratios_multinode_over_single": ratios(results, single["results"]),
-            "note": "ratios of runs with identical bench settings; >1 throughput = faster multinode"})
-    except (ServerError, RuntimeError) as err:
+        ctx = Service(cfg, a, cluster, model_path, served, key, vllm_env, versions)
+        pipeline = nodes[:pp]
+        err: Exception | None = None
+        try:
+            ctx.run(v, tp, pipeline)
+        except (ServerError, RuntimeError, OSError) as e:
+            err = e
+        failed_now = err or any(c.ok is False for c in v.checks[ctx.first_check:])
+        lost = lost_nodes(cluster, pipeline) if failed_now and cfg["faults"]["allow_degraded"] else []
+        if lost and len(pipeline) > len(lost):
+            # A node of the pipeline died under load: what failed with it is recorded, not
+            # counted, and the service comes back on the nodes that are left.
+            for c in v.checks[ctx.first_check:]:
+                if c.ok is False:
+                    c.ok, c.detail = None, f"[lost with node {', '.join(lost)}] {c.detail}"
+            v.check("node_lost", None, lost, detail=str(err or "requests failed")[:300])
+            (a.out_dir / "failed_nodes.txt").write_text("\n".join(lost) + "\n")
+            v.degraded_reason = (f"node(s) {', '.join(lost)} died while the service ran; restarted with "
+                                 f"PP={len(pipeline) - len(lost)} on the remaining nodes")
+            if ctx.srv:
+                ctx.srv.stop()
+            ctx.run(v, tp, [n for n in pipeline if n not in lost], attempt=2)
+        elif err:
+            raise err
+    except (ServerError, RuntimeError, OSError) as err:
         v.check("serve", False, None, "a healthy multi-node service", detail=str(err)[-1500:])
         print(str(err), file=sys.stderr, flush=True)
     finally:
-        if srv:
-            srv.stop()
+        if ctx and ctx.srv:
+            ctx.srv.stop()
         cluster.stop()
     return v.finish(a.out_dir / "verdict.json")
 

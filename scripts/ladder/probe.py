@@ -50,8 +50,27 @@ def nics() -> list[dict[str, Any]]:
     return out
 
 
+def visible_indices(cvd: str | None, count: int) -> list[int]:
+    """NVML indices this job may use: CUDA_VISIBLE_DEVICES (PCI bus order ordinals), else all.
+
+    NVML ignores CUDA_VISIBLE_DEVICES and lists every GPU of the host; without a cgroup
+    device constraint the job's own GPUs are only named by that variable. UUIDs and
+    non-numeric entries are left to the caller (matched against NVML UUIDs).
+    """
+    if cvd is None:
+        return list(range(count))
+    out = []
+    for item in (x.strip() for x in cvd.split(",")):
+        if item.isdigit() and int(item) < count:
+            out.append(int(item))
+    return out
+
+
 def gpus() -> dict[str, Any]:
-    """GPUs through NVML; a node without a driver is cpu-only, not an error."""
+    """GPUs through NVML; a node without a driver is cpu-only, not an error.
+
+    ``count`` is what this job can use (see visible_indices); ``host_count`` every GPU of the host.
+    """
     try:
         import pynvml
         pynvml.nvmlInit()
@@ -74,7 +93,14 @@ def gpus() -> dict[str, Any]:
                     topo[f"{i}-{j}"] = _TOPO.get(level, str(level))
                 except pynvml.NVMLError as err:
                     topo[f"{i}-{j}"] = f"unknown ({err})"
-        return {"kind": "nvidia", "count": n, "driver": pynvml.nvmlSystemGetDriverVersion(),
+        cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+        visible = visible_indices(cvd, n)
+        if cvd is not None:  # UUIDs (GPU-...) name devices too
+            ids = {x.strip() for x in cvd.split(",")}
+            visible += [d["index"] for d in devices if d["uuid"] in ids and d["index"] not in visible]
+        return {"kind": "nvidia", "count": len(visible), "host_count": n, "visible": visible,
+                "visible_uuids": [devices[i]["uuid"] for i in visible],
+                "driver": pynvml.nvmlSystemGetDriverVersion(),
                 "cuda_driver": f"{cuda // 1000}.{cuda % 1000 // 10}", "devices": devices, "topology": topo}
     finally:
         pynvml.nvmlShutdown()
@@ -141,6 +167,15 @@ def summarize(node_dir: Path, expected_nodes: list[str], gpus_per_node: int, v: 
     ips = [primary_ipv4(n) for n in nodes]
     v.check("distinct_addresses", len(set(ips)) == len(ips), len(set(ips)), len(ips), "addresses",
             detail="Ray and vLLM need one IP per node")
+    # Nodes that share a host (or a misconfigured gres.conf) must not hand out the same GPU twice.
+    owners: dict[str, list[str]] = {}
+    for n in nodes:
+        for uuid in n["gpus"].get("visible_uuids", []):
+            owners.setdefault(uuid, []).append(n["slurm_node"])
+    shared = {u: ns for u, ns in owners.items() if len(ns) > 1}
+    if owners:
+        v.check("distinct_gpus", not shared, len(owners), sum(n["gpus"]["count"] for n in nodes), "GPUs",
+                detail=f"GPUs visible on several nodes: {shared}" if shared else "each node sees its own GPUs")
     hosts = [n["hostname"] for n in nodes]
     v.check("distinct_hostnames", len(set(hosts)) == len(hosts), len(set(hosts)), len(hosts))
     return nodes

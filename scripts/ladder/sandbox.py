@@ -133,23 +133,89 @@ def ensure_packages() -> None:
 
 
 # ---------------------------------------------------------------- config files
+def _dev_num(path: str) -> int:
+    digits = "".join(ch for ch in Path(path).name if ch.isdigit())
+    return int(digits) if digits else -1
+
+
+def cuda_index_by_minor() -> dict[int, int]:
+    """/dev/nvidia<minor> -> CUDA ordinal in PCI bus order (CUDA_DEVICE_ORDER=PCI_BUS_ID).
+
+    Read from the driver's /proc/driver/nvidia/gpus/<pci>/information ("Device Minor");
+    empty where that is not readable (the caller then takes minor = ordinal).
+    """
+    minors = []
+    for info in sorted(Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        with contextlib.suppress(OSError, ValueError):
+            for line in info.read_text().splitlines():
+                if line.startswith("Device Minor:"):
+                    minors.append((info.parent.name.lower(), int(line.split(":", 1)[1])))
+    return {minor: i for i, (_, minor) in enumerate(sorted(minors))}
+
+
 def gpu_devices(spec: Spec, state_dir: Path, node: str, index: int) -> list[str]:
     if spec.real_gpus:
-        devs = sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
+        # Numeric order: /dev/nvidia10 after /dev/nvidia9.
+        devs = sorted((str(p) for p in Path("/dev").glob("nvidia[0-9]*")), key=_dev_num)
         per = len(devs) // spec.nodes
         if per == 0:
             raise SandboxError(f"--real-gpus: {len(devs)} /dev/nvidiaN devices for {spec.nodes} nodes")
         return devs[index * per : (index + 1) * per]
-    # Slurm needs device files for gres; /dev/null symlinks schedule like GPUs.
+    # Slurm needs device files for gres; /dev/null symlinks schedule like GPUs. Numbered
+    # across the machine (n2 of 2-GPU nodes has nvidia2, nvidia3), as real devices are.
     d = state_dir / "dev" / node
     d.mkdir(parents=True, exist_ok=True)
     out = []
-    for g in range(spec.fake_gpus):
+    for g in range(index * spec.fake_gpus, (index + 1) * spec.fake_gpus):
         link = d / f"nvidia{g}"
         if not link.is_symlink():
             link.symlink_to("/dev/null")
         out.append(str(link))
     return out
+
+
+def gpu_map(spec: Spec, state_dir: Path) -> dict[str, list[int]]:
+    """node -> the CUDA ordinals (PCI order) of the machine's GPUs that node owns."""
+    order = cuda_index_by_minor() if spec.real_gpus else {}
+    out = {}
+    for i, node in enumerate(spec.node_names()):
+        devs = gpu_devices(spec, state_dir, node, i) if (spec.fake_gpus or spec.real_gpus) else []
+        out[node] = [order.get(_dev_num(d), _dev_num(d)) for d in devs]
+    return out
+
+
+def task_prolog(gpus: dict[str, list[int]]) -> str:
+    """Slurm TaskProlog: CUDA_VISIBLE_DEVICES as separate hosts would see it.
+
+    All sandbox nodes share one machine's GPUs. Slurm 22.05 sets CUDA_VISIBLE_DEVICES to a
+    GPU's index in its node's gres list (0,1 on every node), which on separate hosts selects
+    that host's own GPUs but here would put every node on GPUs 0,1. This maps each index to
+    the node's own GPUs (an index the node does not have is kept: already physical), and gives
+    a task without a GPU request its node's GPUs, as on a host of its own.
+    """
+    cases = "\n".join(f"  {node}) set -- {' '.join(map(str, ids))} ;;" for node, ids in gpus.items() if ids)
+    return f"""#!/bin/sh
+# written by ladder.sandbox (TaskProlog): see ladder.sandbox.task_prolog
+case "$SLURMD_NODENAME" in
+{cases}
+  *) exit 0 ;;
+esac
+echo "export CUDA_DEVICE_ORDER=PCI_BUS_ID"
+if [ -z "${{CUDA_VISIBLE_DEVICES+x}}" ]; then
+  out=$(echo "$@" | tr ' ' ',')
+else
+  out=""
+  for idx in $(echo "$CUDA_VISIBLE_DEVICES" | tr ',' ' '); do
+    dev=$idx
+    case "$idx" in
+      *[!0-9]*) ;;
+      *) [ "$idx" -lt $# ] && eval "dev=\\${{$((idx + 1))}}" ;;
+    esac
+    out="${{out:+$out,}}$dev"
+  done
+fi
+echo "export CUDA_VISIBLE_DEVICES=$out"
+"""
 
 
 def write_configs(spec: Spec, state_dir: Path) -> Path:
@@ -165,6 +231,12 @@ def write_configs(spec: Spec, state_dir: Path) -> Path:
         for dev in devs:
             gres_lines.append(f"NodeName={node} Name=gpu File={dev}")
     gres = f" Gres=gpu:{gpus_per_node}" if gpus_per_node else ""
+    prolog_line = ""
+    if gpus_per_node:
+        prolog = etc / "task_prolog.sh"
+        prolog.write_text(task_prolog(gpu_map(spec, state_dir)))
+        prolog.chmod(0o755)
+        prolog_line = f"TaskProlog={prolog}\n"
     nodes = "\n".join(
         f"NodeName={n} NodeAddr={spec.node_ip(i + 1)} CPUs={spec.cpus} RealMemory={spec.mem_mb}{gres} State=UNKNOWN"
         for i, n in enumerate(spec.node_names())
@@ -196,7 +268,7 @@ GresTypes=gpu
 MpiDefault=none
 SchedulerParameters=bf_interval=5
 SlurmdTimeout=30
-{nodes}
+{prolog_line}{nodes}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
     (etc / "slurm.conf").write_text(conf)

@@ -71,8 +71,8 @@ def firewall(sandbox):
     def block(node: str, peer_ip: str) -> None:
         ns = f"/run/netns/ladder{sandbox.instance}-{node}"
         lo, hi = RAY_PORTS["port_base"], RAY_PORTS["port_base"] + RAY_PORTS["port_range"] - 1
-        rules = (f"table inet ladder_test {{ chain out {{ type filter hook output priority 0; "
-                 f"ip daddr {peer_ip} tcp dport {lo}-{hi} drop; }} }}")
+        rules = (f"table inet ladder_test {{\n chain out {{\n  type filter hook output priority 0;\n"
+                 f"  ip daddr {peer_ip} tcp dport {lo}-{hi} drop\n }}\n}}\n")
         subprocess.run(["nsenter", f"--net={ns}", "nft", "-f", "-"], input=rules, text=True, check=True)
         tables.append(ns)
 

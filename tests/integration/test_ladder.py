@@ -8,6 +8,7 @@ first, then 3 nodes by changing the config alone.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import shutil
 import subprocess
@@ -111,3 +112,55 @@ def test_rerun_submits_nothing(run_dag, workdir):
     run = run_dag("all", overrides={"cluster": {"nodes": 3}, "bench": {"soak_s": 90}}, workdir=workdir, timeout=120)
     assert run.returncode == 0 and run.submitted() == {}, run.stdout[-3000:]
     assert "Nothing to be done" in run.stdout
+
+
+def test_node_dies_under_load_service_restarts_degraded(sandbox, workdir):
+    """Kill every Ray/vLLM process of n3 while the 3-node service runs: the stage notices, restarts the
+    service with PP=2 on n1 and n2, re-runs the end-to-end suite, and passes as degraded."""
+    import signal
+    import time
+
+    import yaml
+    from conftest import BIN, ROOT, make_config
+
+    from ladder.sandbox import pids_in_namespaces
+
+    cfg = make_config({"cluster": {"nodes": 3}, "bench": {"soak_s": 90}, "faults": {"allow_degraded": True}})
+    cfg_file = workdir / "failover.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log = workdir / "results" / "logs" / "multinode" / "multinode.log"
+    log.unlink(missing_ok=True)
+    proc = subprocess.Popen([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+                             "--configfile", str(cfg_file), "--profile", str(ROOT / "profiles" / "sandbox"),
+                             "--forcerun", "multinode", "--", "results/multinode/verdict.json"],
+                            cwd=workdir, env=sandbox.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and not (log.exists() and "ok   healthy" in log.read_text()):
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(1)
+    time.sleep(5)  # under load now (end-to-end suite)
+    ns_inode = os.stat(f"/run/netns/ladder{sandbox.instance}-n3").st_ino
+    killed = []
+    for pid in pids_in_namespaces(sandbox.instance):
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino != ns_inode:
+                continue
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "slurmd" not in cmd and "slurmstepd" not in cmd:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(cmd[:60])
+    assert killed, "nothing of the service ran on n3"
+    out, _ = proc.communicate(timeout=1500)
+    assert proc.returncode == 0, out[-5000:]
+    v = json.loads((workdir / "results" / "multinode" / "verdict.json").read_text())
+    assert v["status"] == "degraded", [c for c in v["checks"] if c["ok"] is False]
+    assert "n3" in v["degraded_reason"]
+    checks = [c for c in v["checks"] if c["name"] == "pipeline_rank_per_node"]
+    assert checks[-1]["ok"] is True and checks[-1]["value"] == {"0": "n1", "1": "n2"}
+    outputs = [c for c in v["checks"] if c["name"] == "outputs_match_single"]
+    assert outputs[-1]["ok"] is True  # the suite re-ran on the smaller pipeline
+    assert (workdir / "results" / "multinode" / "failed_nodes.txt").read_text().split() == ["n3"]
+    assert sandbox.stray_processes() == []

@@ -1,0 +1,54 @@
+"""The sandbox's GPU split: each node's CUDA_VISIBLE_DEVICES names its own GPUs (TaskProlog)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ladder.sandbox import Spec, gpu_devices, gpu_map, task_prolog
+
+pytestmark = pytest.mark.unit
+
+
+def run_prolog(script: Path, node: str, cvd: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["SLURMD_NODENAME"] = node
+    if cvd is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cvd
+    out = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, check=True).stdout
+    return dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines())
+
+
+@pytest.fixture
+def prolog(tmp_path: Path) -> Path:
+    script = tmp_path / "task_prolog.sh"
+    script.write_text(task_prolog({"n1": [0, 1], "n2": [2, 3], "n3": []}))
+    return script
+
+
+@pytest.mark.parametrize(("node", "cvd", "want"), [
+    ("n1", "0,1", "0,1"),
+    ("n2", "0,1", "2,3"),   # Slurm 22.05: the index in the node's gres list
+    ("n2", "1", "3"),
+    ("n2", "2,3", "2,3"),   # already physical (a step inheriting the batch step's value)
+    ("n2", None, "2,3"),    # no GPU request: the node's GPUs, as on a host of its own
+    ("n2", "NoDevFiles", "NoDevFiles"),
+])
+def test_prolog_maps_indices_to_the_nodes_gpus(prolog: Path, node: str, cvd: str | None, want: str) -> None:
+    env = run_prolog(prolog, node, cvd)
+    assert env["CUDA_VISIBLE_DEVICES"] == want
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+
+
+def test_prolog_leaves_nodes_without_gpus_alone(prolog: Path) -> None:
+    assert run_prolog(prolog, "n3", "0") == {}
+    assert run_prolog(prolog, "n9", None) == {}
+
+
+def test_fake_gpus_are_numbered_across_the_machine(tmp_path: Path) -> None:
+    spec = Spec(nodes=2, fake_gpus=2)
+    assert [Path(d).name for d in gpu_devices(spec, tmp_path, "n2", 1)] == ["nvidia2", "nvidia3"]
+    assert gpu_map(spec, tmp_path) == {"n1": [0, 1], "n2": [2, 3]}
