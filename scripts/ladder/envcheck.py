@@ -32,7 +32,9 @@ REPORTED = {
 # Runs inside the target interpreter: installed distributions and GPU stack versions.
 _INTROSPECT = r"""
 import importlib.metadata as md, json, platform
-dists = {d.metadata["Name"].lower().replace("_", "-"): d.version for d in md.distributions()}
+dists = {}
+for d in md.distributions():  # sys.path order: the first one found is the one imported
+    dists.setdefault(d.metadata["Name"].lower().replace("_", "-"), d.version)
 gpu = {}
 try:
     import pynvml
@@ -66,13 +68,23 @@ def parse_lock(text: str) -> dict[str, str]:
     return pins
 
 
+def version_matches(have: str, want: str) -> bool:
+    """PEP 440 ``==want``: a pin without a local label accepts any local build of it
+    (``torch==2.11.0`` matches ``2.11.0+cu130``); one with a label must match exactly."""
+    if have == want:
+        return True
+    if "+" in want:
+        return False
+    return have.split("+", 1)[0] == want
+
+
 def lock_mismatches(pins: dict[str, str], installed: dict[str, str]) -> list[str]:
     out = []
     for name, want in sorted(pins.items()):
         have = installed.get(name)
         if have is None:
             out.append(f"{name}: missing (lock {want})")
-        elif have != want:
+        elif not version_matches(have, want):
             out.append(f"{name}: {have} installed, lock {want}")
     return out
 
@@ -86,7 +98,7 @@ def build(prefix: Path, lock: Path, project: Path) -> None:
     print(f"building {prefix} from {lock}", flush=True)
     subprocess.run([sys.executable, "-m", "venv", str(prefix)], check=True)
     pip = [str(prefix / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "-r", str(lock)], check=True)
+    subprocess.run([*pip, "--no-deps", "-r", str(lock)], check=True)  # the lock is the closure (see Makefile)
     subprocess.run([*pip, "--no-deps", "-e", str(project)], check=True)
 
 

@@ -6,6 +6,11 @@ output is meaningless but deterministic, which is all the ladder needs to compar
 multi-node run against a single-node one.
 
     python -m ladder.tinymodel --out .cache/models/tiny [--seed 0] [--layers 4]
+    python -m ladder.tinymodel --out /tmp/models/llama3-8b --shape llama3-8b
+
+``--shape`` writes a real architecture's config.json and the locally trained tokenizer,
+and no weights: vLLM serves it with ``--load-format dummy`` (random weights in that
+shape), for realistic GPU performance without a model hub (DESIGN.md section 7).
 """
 
 from __future__ import annotations
@@ -228,15 +233,107 @@ def build(out: Path, recipe: Recipe) -> str:
     return f"tinymodel: built {out} (recipe {digest}, {n_params} params, {time.monotonic() - start:.1f} s)"
 
 
+# Public architecture values (Meta-Llama-3-8B config.json); bos/eos are set to the local
+# tokenizer's specials at build time.
+SHAPES: dict[str, dict[str, object]] = {
+    "llama3-8b": {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
+        "rope_scaling": None, "vocab_size": 128256, "tie_word_embeddings": False,
+        "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
+        "initializer_range": 0.02, "use_cache": True, "torch_dtype": "bfloat16",
+    },
+}
+SHAPE_TOKENIZER_VOCAB = 8192  # merges learnt from the local corpus; the rest is filler
+
+
+def pad_vocab(tokenizer_json: str, vocab_size: int) -> str:
+    """Give every model token id a token string, so random-weight outputs decode to text.
+
+    A dummy-weight model samples ids over its whole vocabulary; ids the tokenizer lacks
+    decode to nothing (empty completions). Filler tokens ``Ġw<id>`` (" w<id>" after the
+    byte-level decoder) have no merges, so encoding never produces them.
+    """
+    data = json.loads(tokenizer_json)
+    vocab: dict[str, int] = data["model"]["vocab"]
+    taken = set(vocab.values()) | {t["id"] for t in data.get("added_tokens", [])}
+    for i in range(vocab_size):
+        if i not in taken:
+            vocab[f"\u0120w{i}"] = i
+    return json.dumps(data, ensure_ascii=False)
+
+
+def build_shape(out: Path, shape: str, recipe: Recipe) -> str:
+    """Config of a real architecture + the local tokenizer padded to its vocabulary; no weights."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    arch = SHAPES[shape]
+    vocab_size = int(arch["vocab_size"])  # type: ignore[call-overload]
+    corpus = corpus_files()
+    if not corpus:
+        raise SystemExit("tinymodel: no corpus text found (neither common-licenses nor stdlib sources)")
+    recipe = dataclasses.replace(recipe, vocab_size=SHAPE_TOKENIZER_VOCAB, layers=int(arch["num_hidden_layers"]),
+                                 max_position=int(arch["max_position_embeddings"]))  # type: ignore[call-overload]
+    digest = hashlib.sha256((recipe_hash(recipe, corpus) + json.dumps(arch, sort_keys=True)).encode()).hexdigest()[:16]
+    marker = out / MARKER
+    if marker.is_file() and not check_model_dir(out, require_weights=False):
+        old, err = _read_json(marker)
+        if not err and isinstance(old, dict) and old.get("recipe_hash") == digest:
+            return f"tinymodel: {out} already built ({shape}, recipe {digest}), nothing to do"
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not marker.is_file())):
+        raise SystemExit(f"tinymodel: {out} exists and is not a tinymodel build; refusing to replace it")
+    start = time.monotonic()
+    trained = _train_tokenizer(recipe, (p.read_text(encoding="utf-8", errors="replace") for p in corpus))
+    padded = Tokenizer.from_str(pad_vocab(trained.backend_tokenizer.to_str(), vocab_size))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=padded, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        chat_template=CHAT_TEMPLATE, model_max_length=recipe.max_position)
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
+    config = {**arch, "bos_token_id": ids[0], "eos_token_id": ids[2], "pad_token_id": ids[0]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        tokenizer.save_pretrained(tmp)
+        tok_config_path = tmp / "tokenizer_config.json"
+        tok_config = json.loads(tok_config_path.read_text())
+        tok_config.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE)
+        tok_config_path.write_text(json.dumps(tok_config, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": ids[0], "eos_token_id": ids[2], "pad_token_id": ids[0]}, indent=2) + "\n")
+        info = {"recipe_hash": digest, "shape": shape, "recipe": dataclasses.asdict(recipe),
+                "tokenizer_vocab": len(tokenizer), "weights": "none (serve with --load-format dummy)",
+                "corpus": [str(p) for p in corpus]}
+        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        if problems := check_model_dir(tmp, require_weights=False):
+            raise RuntimeError("tinymodel: built model fails its own check: " + "; ".join(problems))
+        for p in (tmp, *tmp.iterdir()):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return (f"tinymodel: built {out} ({shape} config, tokenizer {len(tokenizer)} ids, no weights, "
+            f"{time.monotonic() - start:.1f} s)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ladder.tinymodel", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="model directory to create")
     parser.add_argument("--seed", type=int, default=0, help="weight-init seed (default 0)")
     parser.add_argument("--layers", type=int, default=4,
                         help="decoder layers (default 4); vLLM splits them unevenly across PP ranks")
+    parser.add_argument("--shape", choices=sorted(SHAPES),
+                        help="a real architecture's config + the local tokenizer, no weights (--load-format dummy)")
     args = parser.parse_args(argv)
     if args.layers < 1:
         parser.error("--layers must be >= 1")
+    if args.shape:
+        print(build_shape(args.out, args.shape, Recipe(seed=args.seed)))
+        return 0
     print(build(args.out, Recipe(seed=args.seed, layers=args.layers)))
     return 0
 

@@ -77,3 +77,14 @@ def test_fingerprint_stable_and_node_order_free():
 ])
 def test_fingerprint_changes(versions, nodes):
     assert fingerprint(versions, nodes) != fingerprint({"ray": "2.49.1", "torch": "2.13.0"}, ["n1", "n2"])
+
+
+@pytest.mark.parametrize(("have", "want", "ok"), [
+    ("2.11.0+cu130", "2.11.0", True),     # a pin without a local label accepts any local build
+    ("2.13.0+cpu", "2.13.0+cpu", True),
+    ("2.13.0+cu130", "2.13.0+cpu", False),  # a labelled pin must match exactly
+    ("2.13.0", "2.13.0+cpu", False),
+    ("2.11.1", "2.11.0", False),
+])
+def test_local_version_labels(have, want, ok):
+    assert (lock_mismatches({"torch": want}, {"torch": have}) == []) is ok
