@@ -27,9 +27,10 @@ sandbox: setup
 demo: sandbox
 	snakemake --profile profiles/sandbox all
 
-# Second command: unit tests, then the sandbox integration tests (real Slurm, Ray, vLLM on CPU).
+# Second command: unit tests, then the sandbox integration tests (real Slurm, Ray, vLLM on CPU);
+# tests/gpu runs the GPU ladder where NVIDIA GPUs are present and is skipped (no GPU) elsewhere.
 test: setup
-	$(PY) -m pytest -m "not gpu" tests
+	$(PY) -m pytest tests
 
 unit: setup
 	$(PY) -m pytest -m unit tests

@@ -126,4 +126,8 @@ def stage_resources(nodes=1, mpi=False, gpus=True, mem_mb=None, runtime=None):
     if gpus and GPUS:
         # gres per node; `gpu=N` would mean N for the whole job.
         res["gres"] = f"gpu:{GPUS}"
+        # The plugin adds --ntasks-per-gpu=<tasks> to any GPU job (issue #316), which Slurm
+        # refuses with nodes=N tasks=N gres=gpu:K ("Requested node configuration is not
+        # available"); 0 leaves it out.
+        res["tasks_per_gpu"] = 0
     return res

@@ -19,12 +19,18 @@ FIELDS = ["t", "node", "cpu_pct", "mem_used_mib", "mem_pct", "net_rx_mb", "net_t
           "gpu", "gpu_util_pct", "gpu_mem_used_mib", "gpu_power_w", "gpu_temp_c", "gpu_sm_clock_mhz"]
 
 
-def _gpu_handles() -> list[Any]:
+def _gpu_handles() -> list[tuple[int, Any]]:
+    """(NVML index, handle) of this job's GPUs: CUDA_VISIBLE_DEVICES when set (NVML lists the whole host)."""
     try:
+        import os
+
         import pynvml
 
+        from ladder.probe import visible_indices
+
         pynvml.nvmlInit()
-        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        wanted = visible_indices(os.environ.get("CUDA_VISIBLE_DEVICES"), pynvml.nvmlDeviceGetCount())
+        return [(i, pynvml.nvmlDeviceGetHandleByIndex(i)) for i in wanted]
     except Exception:  # no driver / no GPU: node rows only
         return []
 
@@ -64,7 +70,7 @@ class Sampler(threading.Thread):
                         "mem_used_mib": (vm.total - vm.available) // 2**20, "mem_pct": vm.percent,
                         "net_rx_mb": round((net.bytes_recv - net0.bytes_recv) / 1e6, 3),
                         "net_tx_mb": round((net.bytes_sent - net0.bytes_sent) / 1e6, 3)}
-                rows = [base | _gpu_row(i, h) for i, h in enumerate(gpus)] or [base]
+                rows = [base | _gpu_row(i, h) for i, h in gpus] or [base]
                 w.writerows(rows)
                 fh.flush()
                 self.samples += 1

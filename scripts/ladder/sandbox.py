@@ -273,6 +273,10 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
     (etc / "slurm.conf").write_text(conf)
     (etc / "gres.conf").write_text("\n".join(gres_lines) + "\n")
+    # No cgroup enforcement (proctrack/linuxproc, task/none). Slurm 22.05 autodetects the
+    # cgroup plugin all the same: on a cgroup-v2 host (the GPU machines) cgroup/v2 needs
+    # systemd over dbus and slurmd refuses to start without it; cgroup/v1 only loads.
+    (etc / "cgroup.conf").write_text("# written by ladder.sandbox\nCgroupPlugin=cgroup/v1\n")
     return etc / "slurm.conf"
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ladder import slurm
+from ladder import roofline, slurm
 from ladder.bench import run_sweep
 from ladder.monitor import Sampler
 from ladder.verdict import Verdict, reference_check, require_gate, write_json
@@ -36,6 +37,27 @@ def perf_checks(v: Verdict, stage: str, results: dict[str, dict[str, Any]], refs
         reference_check(v, f"{stage}.output_throughput_{level}", r["output_throughput"], refs)
         reference_check(v, f"{stage}.ttft_median_ms_{level}", r["ttft_ms"]["median"], refs)
         reference_check(v, f"{stage}.tpot_median_ms_{level}", r["tpot_ms"]["median"], refs)
+
+
+def roofline_checks(v: Verdict, out_dir: Path, bandwidth: dict[str, Any] | None, results: dict[str, dict[str, Any]],
+                    log: Path, model_path: str, dtype: str, tp: int, refs: dict[str, Any]) -> None:
+    """Single-stream decode vs the HBM roofline (GPU nodes only; ladder.roofline)."""
+    if bandwidth is None:
+        return
+    c1 = results.get("c1")
+    if not c1 or not c1["tpot_ms"]["median"]:
+        v.check("roofline_ratio", None, detail="bench.concurrency has no 1: no single-stream TPOT to compare")
+        return
+    wbytes, source = roofline.weight_bytes(log, model_path, dtype, tp)
+    summary = roofline.summarize(bandwidth["bandwidth_bytes_s"], wbytes, c1["tpot_ms"]["median"], source)
+    summary |= {"tensor_parallel_size": tp, "device": bandwidth["device"],
+                "copy_bytes": bandwidth["bytes_per_copy"], "copy_median_s": bandwidth["median_s"],
+                "best_hbm_bandwidth_gb_s": round(bandwidth["best_bandwidth_bytes_s"] / 1e9, 1)}
+    write_json(out_dir / "roofline.json", summary)
+    for key in ("hbm_bandwidth_gb_s", "weight_gib_per_gpu", "roofline_tok_s", "single_stream_tok_s"):
+        v.metrics[key] = summary[key]
+    reference_check(v, "single.roofline_ratio", summary["roofline_ratio"], refs)
+    v.metrics["roofline_ratio"] = summary["roofline_ratio"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         model_path, served = resolve_model(cfg["model"], a.cache.resolve())
         v.metrics["model_prepare_s"] = round(time.monotonic() - t0, 2)
         key = api_key(cfg["serve"]["api_key_env"], cfg["serve"]["api_key_file"])
+        bandwidth = None
+        if cfg["cluster"]["gpus_per_node"]:
+            # Before vLLM takes the GPU; in a subprocess so its CUDA context is gone after.
+            try:
+                bandwidth = roofline.measure_in_subprocess()
+                v.metrics["hbm_copy_s"] = round(bandwidth["median_s"], 6)
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as err:
+                v.check("hbm_bandwidth", None, detail=f"not measured: {err}"[:500])
         srv = Server(model_path, served, ports["serve"], key, logs / "vllm-serve.log",
                      args=serve_args(cfg, tp, 1, ray=False), env=env)
         sampler.start()
@@ -82,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         meta = metadata(cfg, versions, [node], {"tensor_parallel_size": tp, "pipeline_parallel_size": 1},
                         a.config_hash, served)
         write_json(a.out_dir / "bench.json", {"metadata": meta, "results": results})
-        perf_checks(v, "single", results, cfg["references"].get(cfg["cluster"]["name"], {}))
+        refs = cfg["references"].get(cfg["cluster"]["name"], {})
+        perf_checks(v, "single", results, refs)
+        roofline_checks(v, a.out_dir, bandwidth, results, srv.log, model_path, cfg["model"]["dtype"], tp, refs)
     except (ServerError, RuntimeError) as err:
         v.check("serve", False, None, "a healthy server", detail=str(err)[-1500:])
         print(str(err), file=sys.stderr, flush=True)

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Runs ON THE GPU MACHINE (device tool) after gpu/stage.sh: the real ladder on the
+# embedded sandbox Slurm cluster with the machine's real GPUs split over its nodes.
+#
+#   bash gpu/run_ladder.sh config/gpu/h200x4-tp2pp2.yaml [STAGE ...]
+#
+# STAGE: env probe ray single multinode report (default: all, in order). Resumable: the
+# work directory (/tmp/ladder/<layout>), /tmp/venv, the model and the sandbox survive
+# between calls on the same warm machine, so a second call runs what is left (Snakemake
+# skips stages whose verdicts exist). A stage starts only if its estimated duration fits
+# before DEADLINE_S (seconds after this script starts; default 540, for a 600 s call);
+# what did not fit is named at the end. Every call ends by packing the results into
+# $OUT/<layout>.tgz and printing every figure (gpu/collect.py).
+#
+# Env knobs: DEADLINE_S, EXTRA_CONFIG (a second --configfile merged over OVERLAY), SB_NODES (sandbox nodes; default cluster.nodes of the overlay),
+# SB_CPUS (12), SB_MEM (120000 MB), LAYOUT (overlay file name), WORK, EST_<stage> (s).
+set -uo pipefail
+T0=$(date +%s)
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+OVERLAY=$(realpath "${1:?usage: run_ladder.sh OVERLAY [STAGE...]}"); shift
+STAGES=("$@"); ((${#STAGES[@]})) || STAGES=(env probe ray single multinode report)
+LAYOUT=${LAYOUT:-$(basename "$OVERLAY" .yaml)}
+WORK=${WORK:-/tmp/ladder/$LAYOUT}
+DEADLINE_S=${DEADLINE_S:-540}
+VENV=/tmp/venv
+OUTDIR=${OUT:-/tmp/ladder/out}
+declare -A EST=([env]=${EST_env:-45} [probe]=${EST_probe:-40} [ray]=${EST_ray:-90} [single]=${EST_single:-240}
+                [multinode]=${EST_multinode:-330} [report]=${EST_report:-45})
+say() { echo "[run_ladder +$(($(date +%s) - T0))s] $*"; }
+left() { echo $((DEADLINE_S - ($(date +%s) - T0))); }
+
+# shellcheck source=gpu/lib.sh
+. "$REPO/gpu/lib.sh"
+# shellcheck disable=SC1091
+. /tmp/gpu-env.sh || { echo "no /tmp/gpu-env.sh: run gpu/stage.sh first" >&2; exit 2; }
+ladder_gpu_env
+mkdir -p "$WORK" "$OUTDIR"
+
+# ---------------------------------------------------------------- machine setup (idempotent)
+ladder_ensure_ip || exit 3
+ladder_setup_venv "$VENV" "$REPO" || { echo "venv setup failed" >&2; exit 3; }
+read -r MODEL NODES < <(python3 - "$OVERLAY" <<'EOF'
+import sys, yaml
+c = yaml.safe_load(open(sys.argv[1]))
+print(c["model"]["path"], c["cluster"]["nodes"])
+EOF
+)
+PYTHONPATH=$REPO/scripts "$VENV/bin/python" -m ladder.tinymodel --out "$MODEL" --shape llama3-8b || exit 3
+ladder_munge_dirs
+SB_STATE=/tmp/ladder/sandbox
+PYTHONPATH=$REPO/scripts "$VENV/bin/python" -m ladder.sandbox --state "$SB_STATE" up --nodes "${SB_NODES:-$NODES}" \
+  --real-gpus --cpus "${SB_CPUS:-12}" --mem-mb "${SB_MEM:-120000}" --timeout 90 || exit 4
+export SLURM_CONF=$SB_STATE/etc/slurm.conf
+echo "  gres.conf: $(grep -v AutoDetect "$SB_STATE/etc/gres.conf" | sed 's/.*NodeName=//' | tr '\n' ';')"
+say "machine ready: venv, model $MODEL, sandbox $(sinfo -h -N -o '%N:%t:%G' | tr '\n' ' ')"
+
+# ---------------------------------------------------------------- stages
+export PATH=$VENV/bin:$PATH
+smk=("$VENV/bin/snakemake" -s "$REPO/Snakefile" --directory "$WORK" --configfile "$OVERLAY"
+     ${EXTRA_CONFIG:+"$(realpath "$EXTRA_CONFIG")"} --profile "$REPO/profiles/sandbox")
+if compgen -G "$WORK/.snakemake/locks/*" >/dev/null; then "${smk[@]}" --unlock >/dev/null 2>&1; fi
+target() { [[ $1 == report ]] && echo results/report/index.html || echo "results/$1/verdict.json"; }
+skipped=() rc=0
+for st in "${STAGES[@]}"; do
+  if [[ -f $WORK/$(target "$st") ]]; then say "$st: done earlier"; continue; fi
+  if (($(left) < ${EST[$st]})); then skipped+=("$st"); continue; fi
+  say "$st: starting ($(left) s left, estimate ${EST[$st]} s)"
+  s0=$(date +%s)
+  timeout --signal=TERM --kill-after=30 "$(($(left) + 20))" "${smk[@]}" "$(target "$st")" \
+    >>"$WORK/snakemake.log" 2>&1
+  rc=$?
+  say "$st: snakemake exit $rc after $(($(date +%s) - s0)) s"
+  if ((rc)); then
+    grep -E "Error|error:|failed|Exiting" "$WORK/snakemake.log" | tail -8 | sed 's/^/  /'
+    log=$WORK/results/logs/$st/$st.log
+    [[ -f $log ]] && { echo "  --- last lines of $log"; tail -40 "$log" | cut -c1-400 | sed 's/^/  /'; }
+    break
+  fi
+done
+((${#skipped[@]})) && say "not started (would not fit before ${DEADLINE_S}s; run again): ${skipped[*]}"
+
+# ---------------------------------------------------------------- results
+python3 "$REPO/gpu/collect.py" pack "$WORK/results" "$OUTDIR/$LAYOUT.tgz" --max-mib 15
+tail -c 3000000 "$WORK/snakemake.log" > "$OUTDIR/$LAYOUT-snakemake.log" 2>/dev/null
+python3 "$REPO/gpu/collect.py" summary "$WORK/results" | tee "$OUTDIR/$LAYOUT-summary.txt"
+say "done (exit $rc)"
+exit $rc
