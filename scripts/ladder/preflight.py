@@ -56,3 +56,23 @@ def check_or_exit(config: dict[str, Any], basedir: Path) -> None:
     if found:
         print("ladder: configuration rejected before submission:\n  " + "\n  ".join(found), file=sys.stderr)
         raise SystemExit(2)
+
+
+def yaml_or_exit(path: Path) -> None:
+    """A config file that is not valid YAML is named with the line of the error.
+
+    (Snakemake's own message for a broken config file names neither.)
+    """
+    import yaml
+
+    try:
+        yaml.safe_load(path.read_text())
+    except OSError as err:
+        print(f"ladder: cannot read config file {path}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        print(f"ladder: config file {path} is not valid YAML ({where.strip() or 'unknown position'}): "
+              f"{getattr(err, 'problem', err)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import pytest
@@ -35,11 +36,17 @@ def test_rejected_before_submission(run_dag, sandbox, overrides, named):
 
 
 def test_malformed_yaml_names_the_file(sandbox, tmp_path):
-    cfg = tmp_path / "broken.yaml"
-    cfg.write_text("cluster:\n  nodes: 2\n   partition: [oops\n")
-    res = subprocess.run([str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
-                          "--configfile", str(cfg), "--profile", str(ROOT / "profiles" / "sandbox"), "all"],
+    """The lab's config/config.yaml broken: the error names the file and the line, nothing is submitted."""
+    repo = tmp_path / "repo"
+    for part in ("Snakefile", "rules", "config", "scripts", "envs", "report", "profiles"):
+        src = ROOT / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / part)
+    (repo / "config" / "config.yaml").write_text("cluster:\n  nodes: 2\n   partition: [oops\n")
+    before = sandbox.job_ids()
+    res = subprocess.run([str(BIN / "snakemake"), "-s", str(repo / "Snakefile"), "--directory", str(tmp_path),
+                          "--profile", str(repo / "profiles" / "sandbox"), "all"],
                          env=sandbox.env(), capture_output=True, text=True, timeout=60)
-    assert res.returncode != 0
     out = res.stdout + res.stderr
-    assert "broken.yaml" in out and ("yaml" in out.lower() or "mapping" in out), out[-2000:]
+    assert res.returncode != 0
+    assert f"{repo / 'config' / 'config.yaml'} is not valid YAML (line 3" in out, out[-2000:]
+    assert sandbox.job_ids() == before
