@@ -63,12 +63,14 @@ def env_fingerprint():
 
 
 
-def config_json():
-    """The validated config with defaults filled, content-addressed, for stage scripts."""
-    path = Path("results/.config") / f"{config_hash()}.json"
-    if not path.exists():
+def config_json(stage, *sections):
+    """The validated config (defaults filled) for a stage script, named by the stage's own
+    config hash: editing an unrelated section neither renames it nor re-runs the stage."""
+    path = Path("results/.config") / f"{stage}-{config_hash(*sections)}.json"
+    text = json.dumps(config, indent=1, sort_keys=True)
+    if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=1, sort_keys=True))
+        path.write_text(text)
     return str(path)
 
 

@@ -7,7 +7,7 @@ rule ray:
     params:
         **COMMON,
         hash=config_hash("cluster", "ray"),
-        config=config_json(),
+        config=config_json("ray", "cluster", "ray"),
         log_dir="results/logs/ray",
         results=lambda w, output: Path(output.verdict).parent.parent,
     log:

@@ -10,7 +10,7 @@ rule report:
     params:
         **COMMON,
         hash=config_hash(),
-        config=config_json(),
+        config=config_json("report"),
         out_dir=lambda w, output: Path(output.index).parent,
         results=lambda w, output: Path(output.index).parent.parent,
     log:

@@ -7,7 +7,7 @@ rule single:
     params:
         **COMMON,
         hash=config_hash("cluster", "model", "serve", "bench", "references"),
-        config=config_json(),
+        config=config_json("single", "cluster", "model", "serve", "bench", "references"),
         cache=CACHE,
         out_dir=lambda w, output: Path(output.verdict).parent,
         log_dir="results/logs/single",
