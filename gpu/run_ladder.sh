@@ -63,7 +63,7 @@ target() { [[ $1 == report ]] && echo results/report/index.html || echo "results
 skipped=() rc=0
 for st in "${STAGES[@]}"; do
   if [[ -f $WORK/$(target "$st") ]]; then say "$st: done earlier"; continue; fi
-  if (($(left) < ${EST[$st]})); then skipped+=("$st"); continue; fi
+  if ((${#skipped[@]})) || (($(left) < ${EST[$st]})); then skipped+=("$st"); continue; fi  # later stages need it
   say "$st: starting ($(left) s left, estimate ${EST[$st]} s)"
   s0=$(date +%s)
   timeout --signal=TERM --kill-after=30 "$(($(left) + 20))" "${smk[@]}" "$(target "$st")" \

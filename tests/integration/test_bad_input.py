@@ -38,6 +38,7 @@ def test_rejected_before_submission(run_dag, sandbox, overrides, named):
 def test_malformed_yaml_names_the_file(sandbox, tmp_path):
     """The lab's config/config.yaml broken: the error names the file and the line, nothing is submitted."""
     repo = tmp_path / "repo"
+    repo.mkdir()
     for part in ("Snakefile", "rules", "config", "scripts", "envs", "report", "profiles"):
         src = ROOT / part
         (shutil.copytree if src.is_dir() else shutil.copy)(src, repo / part)
