@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ladder.logs import tail
+
 # The custom resource every node registers; vLLM's Ray executor on CPU places its
 # workers with it (the platform plugin defines the name).
 from ladder.vllm_plugin import RAY_RESOURCE as CPU_SLOT_RESOURCE
@@ -66,14 +68,6 @@ class Spec:
     def temp_dir(self, node: str) -> str:
         # Unique per job and node; also how stop recognises this cluster's processes.
         return f"/tmp/ladder-ray-{self.job}-{node}"
-
-
-def tail(path: Path, n: int = 15) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join("    " + line for line in lines[-n:])
 
 
 def addresses_from_probe(probe_nodes: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:

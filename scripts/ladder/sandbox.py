@@ -28,6 +28,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ladder.logs import tail
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -97,13 +99,6 @@ def pid_alive(pid: int, name: str | None = None) -> bool:
     if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
         return False
     return name is None or name in comm
-
-
-def tail(path: Path, n: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-    except OSError:
-        return f"(no log at {path})"
 
 
 def load_state(state_dir: Path) -> State | None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ladder.logs import tail
+
 # Fixed prompt set whose greedy completions single and multinode must agree on.
 PROMPTS = [
     "The GNU General Public License is",
@@ -41,14 +43,6 @@ def last_run(log: Path) -> list[str]:
     lines = log.read_text(errors="replace").splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("$ ")]
     return lines[starts[-1]:] if starts else lines
-
-
-def tail(path: Path, n: int = 25) -> str:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join("    " + line for line in lines[-n:])
 
 
 def api_key(env_var: str, key_file: str | None) -> str:
@@ -110,7 +104,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc and self.proc.poll() is not None:
                 raise ServerError(f"vllm serve exited with {self.proc.returncode} before becoming healthy; "
-                                  f"last lines of {self.log}:\n{tail(self.log)}")
+                                  f"last lines of {self.log}:\n{tail(self.log, 25)}")
             try:
                 with urllib.request.urlopen(f"{self.base}/health", timeout=5) as r:
                     if r.status == 200:
@@ -120,7 +114,7 @@ class Server:
             time.sleep(delay)
             delay = min(delay * 1.3, 3.0)
         raise ServerError(f"vllm serve not healthy after {timeout:.0f}s (serve.health_timeout_s); "
-                          f"last lines of {self.log}:\n{tail(self.log)}")
+                          f"last lines of {self.log}:\n{tail(self.log, 25)}")
 
     def stop(self, grace: float = 30) -> None:
         if not self.proc or self.proc.poll() is not None:

@@ -1,0 +1,13 @@
+"""Log helpers shared by every failure diagnosis: the last lines of the log that explains it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def tail(path: Path, n: int = 15, indent: str = "    ") -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"{indent}(no log at {path})"
+    return "\n".join(indent + line for line in lines[-n:])
