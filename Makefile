@@ -6,7 +6,7 @@ NODES ?= 2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SLURM_CONF := $(CURDIR)/.sandbox/etc/slurm.conf
 
-.PHONY: setup sandbox demo test unit lint down clean
+.PHONY: setup sandbox demo report test unit lint down clean
 
 # The pinned environment (envs/cpu.lock.txt) + ladder itself; rebuilt when the lock changes.
 # --no-deps: the lock is the whole closure; resolving again pulls CUDA torchvision/torchaudio/
@@ -27,6 +27,10 @@ sandbox: setup
 demo: sandbox
 	snakemake --profile profiles/sandbox all
 
+# Snakemake's own report (plots with provenance) beside results/report/index.html.
+report: setup
+	snakemake --profile profiles/sandbox --report results/report/snakemake.html
+
 # Second command: unit tests, then the sandbox integration tests (real Slurm, Ray, vLLM on CPU);
 # tests/gpu runs the GPU ladder where NVIDIA GPUs are present and is skipped (no GPU) elsewhere.
 test: setup
@@ -36,7 +40,7 @@ unit: setup
 	$(PY) -m pytest -m unit tests
 
 lint: setup
-	ruff check scripts tests
+	ruff check scripts tests bench
 	snakemake --lint
 
 down:
