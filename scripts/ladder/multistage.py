@@ -113,7 +113,9 @@ class Service:
         pp = len(pipeline)
         self.first_check = len(v.checks)
         head = spec.head
-        env = self.vllm_env | {"RAY_ADDRESS": spec.address, "VLLM_HOST_IP": spec.addrs[head],
+        # RAY_DEDUP_LOGS=0: Ray folds look-alike worker lines ("[repeated 2x across cluster]"),
+        # which hides the rank assignments the placement check reads.
+        env = self.vllm_env | {"RAY_ADDRESS": spec.address, "VLLM_HOST_IP": spec.addrs[head], "RAY_DEDUP_LOGS": "0",
                                "GLOO_SOCKET_IFNAME": spec.ifaces[head], "NCCL_SOCKET_IFNAME": spec.ifaces[head]}
         self.srv = srv = Server(self.model_path, self.served, spec.ports["serve"], self.key,
                                 a.log_dir / head / "vllm-serve.log", args=serve_args(cfg, tp, pp, ray=True), env=env)
