@@ -100,6 +100,21 @@ def test_report_renders_in_chromium(workdir, tmp_path):
     shutil.copy(shot, workdir / "results" / "report" / "screenshot.png")
 
 
+@pytest.mark.parametrize(("serve", "message"), [
+    ({"extra_args": ["--max-model-len=100000"]}, "exited with"),  # crashes at start-up
+    ({"health_timeout_s": 10}, "not healthy after 10s"),  # never healthy in time
+], ids=["server-crashes", "never-healthy"])
+def test_server_failure_fails_with_log_tail_and_no_orphans(run_dag, sandbox, workdir, serve, message):
+    run = run_dag("results/single/verdict.json", overrides={"cluster": {"nodes": 2}, "serve": serve},
+                  workdir=workdir, timeout=600)
+    assert run.returncode != 0
+    v = json.loads((run.results / "single" / "verdict.failed.json").read_text())
+    detail = next(c for c in v["checks"] if c["name"] == "serve")["detail"]
+    assert message in detail and "last lines of" in detail and "vllm-serve.log" in detail, detail
+    assert set(run.submitted()) == {"single"}  # env, probe, ray stay cached
+    assert sandbox.stray_processes() == []
+
+
 def test_ladder_three_nodes_by_config_alone(run_dag, sandbox, workdir):
     run = run_dag("all", overrides={"cluster": {"nodes": 3}, "bench": {"soak_s": 90}}, workdir=workdir, timeout=2400,
                   env={"LADDER_API_KEY": API_KEY})
