@@ -24,8 +24,10 @@ WORK=${WORK:-/tmp/ladder/$LAYOUT}
 DEADLINE_S=${DEADLINE_S:-540}
 VENV=/tmp/venv
 OUTDIR=${OUT:-/tmp/ladder/out}
-declare -A EST=([env]=${EST_env:-45} [probe]=${EST_probe:-40} [ray]=${EST_ray:-90} [single]=${EST_single:-240}
-                [multinode]=${EST_multinode:-330} [report]=${EST_report:-45})
+# Seen on nvidia-h200-x4 (TP=2/PP=2 overlay): env 44 s, probe 22 s, ray 75 s, single 298 s cold
+# (healthy after 171 s; 123 s with a warm compile cache), multinode 273 s.
+declare -A EST=([env]=${EST_env:-50} [probe]=${EST_probe:-30} [ray]=${EST_ray:-90} [single]=${EST_single:-300}
+                [multinode]=${EST_multinode:-300} [report]=${EST_report:-45})
 say() { echo "[run_ladder +$(($(date +%s) - T0))s] $*"; }
 left() { echo $((DEADLINE_S - ($(date +%s) - T0))); }
 
@@ -56,8 +58,23 @@ say "machine ready: venv, model $MODEL, sandbox $(sinfo -h -N -o '%N:%t:%G' | tr
 
 # ---------------------------------------------------------------- stages
 export PATH=$VENV/bin:$PATH
+# --rerun-triggers without params: the working tree is re-sent with every call, and a code
+# change in between (another engineer's edit of a rule's params) would otherwise re-run
+# stages that already passed in an earlier call of this run. RERUN_TRIGGERS="mtime params input"
+# restores the profile's behaviour.
+read -r -a triggers <<<"${RERUN_TRIGGERS:-mtime input}"
 smk=("$VENV/bin/snakemake" -s "$REPO/Snakefile" --directory "$WORK" --configfile "$OVERLAY"
-     ${EXTRA_CONFIG:+"$(realpath "$EXTRA_CONFIG")"} --profile "$REPO/profiles/sandbox")
+     ${EXTRA_CONFIG:+"$(realpath "$EXTRA_CONFIG")"} --profile "$REPO/profiles/sandbox"
+     --rerun-triggers "${triggers[@]}")
+# Slurm jobs of this work directory that a killed snakemake left running (it scancels its
+# jobs on TERM, not on KILL): they would hold the nodes' GPUs in the next call.
+cancel_ours() {
+  local ids
+  ids=$(squeue -h -o '%i %Z' 2>/dev/null | awk -v w="$WORK" '$2 == w {print $1}')
+  [[ -n $ids ]] && { say "cancelling leftover jobs of $WORK: $(echo $ids)"; scancel $ids; sleep 5; }
+  return 0
+}
+cancel_ours
 if compgen -G "$WORK/.snakemake/locks/*" >/dev/null; then "${smk[@]}" --unlock >/dev/null 2>&1; fi
 target() { [[ $1 == report ]] && echo results/report/index.html || echo "results/$1/verdict.json"; }
 skipped=() rc=0
@@ -65,13 +82,14 @@ for st in "${STAGES[@]}"; do
   if [[ -f $WORK/$(target "$st") ]]; then say "$st: done earlier"; continue; fi
   if ((${#skipped[@]})) || (($(left) < ${EST[$st]})); then skipped+=("$st"); continue; fi  # later stages need it
   say "$st: starting ($(left) s left, estimate ${EST[$st]} s)"
-  s0=$(date +%s)
+  s0=$(date +%s) off=$(stat -c %s "$WORK/snakemake.log" 2>/dev/null || echo 0)
   timeout --signal=TERM --kill-after=30 "$(($(left) + 20))" "${smk[@]}" "$(target "$st")" \
     >>"$WORK/snakemake.log" 2>&1
   rc=$?
   say "$st: snakemake exit $rc after $(($(date +%s) - s0)) s"
+  ((rc == 124 || rc == 137)) && cancel_ours
   if ((rc)); then
-    grep -E "Error|error:|failed|Exiting" "$WORK/snakemake.log" | tail -8 | sed 's/^/  /'
+    tail -c +$((off + 1)) "$WORK/snakemake.log" | grep -E "Error|error:|failed|Exiting" | tail -8 | sed 's/^/  /'
     log=$WORK/results/logs/$st/$st.log
     [[ -f $log ]] && { echo "  --- last lines of $log"; tail -40 "$log" | cut -c1-400 | sed 's/^/  /'; }
     break

@@ -14,15 +14,30 @@ from typing import Any
 
 from ladder.verdict import Verdict
 
-_NET = re.compile(r"NET/(IB|Socket|OFI|\w+)")
+# What NCCL really used for a connection ("Channel 00/0 : 2[2] -> 0[1] [receive] via NET/Socket/0"),
+# else which network it set up ("NET/Socket : Using [0]eth0:..."). "NET/IB : No device found."
+# names IB without using it, so lines without "via" or "Using" never count.
+_VIA_NET = re.compile(r"\bvia NET/(\w+)")
+_USING_NET = re.compile(r"\bNET/(\w+) ?: Using\b")
+_NO_DEVICE = re.compile(r"\bNET/(\w+) ?: No device found")
+
+
+def transports_in(text: str) -> dict[str, int]:
+    """NET transports of one NCCL debug log: connections made ("via NET/X"), else networks set up."""
+    seen: dict[str, int] = {}
+    absent = set(_NO_DEVICE.findall(text)) | {"Plugin"}  # NCCL prints "NET/IB : Using [RO]" even then
+    found = _VIA_NET.findall(text) or [m for m in _USING_NET.findall(text) if m not in absent]
+    for name in found:
+        seen[name] = seen.get(name, 0) + 1
+    return seen
 
 
 def nccl_transports(log_dir: Path) -> dict[str, int]:
     """Count the NET transports NCCL reported in its debug files (NCCL_DEBUG_FILE)."""
     seen: dict[str, int] = {}
     for f in log_dir.glob("nccl.*.log"):
-        for m in _NET.finditer(f.read_text(errors="replace")):
-            seen[m.group(1)] = seen.get(m.group(1), 0) + 1
+        for name, n in transports_in(f.read_text(errors="replace")).items():
+            seen[name] = seen.get(name, 0) + n
     return seen
 
 
