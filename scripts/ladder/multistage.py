@@ -28,7 +28,7 @@ from ladder.verdict import Verdict, require_gate, write_json
 from ladder.vllmserver import Server, ServerError, api_key, cpu_env, last_run, resolve_model, serve_args
 
 _WORKER = re.compile(r"\(RayWorker\w* pid=\d+(?:, ip=([0-9.]+))?\)")
-_PP_RANK = re.compile(r"is assigned as .*\bPP rank (\d+)")
+_PP_RANK = re.compile(r"in world size (\d+) is assigned as .*\bPP rank (\d+)")
 
 
 def port_free(ip: str, port: int) -> bool:
@@ -60,7 +60,7 @@ def precheck(v: Verdict, cluster: RayCluster, probe: dict[str, dict[str, Any]], 
     return not v.failed
 
 
-def pipeline_placement(log: Path, addrs: dict[str, str], head: str) -> dict[int, str]:
+def pipeline_placement(log: Path, addrs: dict[str, str], head: str, world: int) -> dict[int, str]:
     """PP rank -> node, from vLLM's rank assignment lines in the server log.
 
     Ray prefixes a worker's output with ``(RayWorkerProc pid=…, ip=…)``; the ip is left
@@ -71,8 +71,9 @@ def pipeline_placement(log: Path, addrs: dict[str, str], head: str) -> dict[int,
     for line in last_run(log):
         m = _WORKER.search(line)
         r = _PP_RANK.search(line)
-        if m and r:
-            placement[int(r.group(1))] = by_ip.get(m.group(1), m.group(1)) if m.group(1) else head
+        # Only this start's world: after a restart Ray may still forward lines of the old workers.
+        if m and r and int(r.group(1)) == world:
+            placement[int(r.group(2))] = by_ip.get(m.group(1), m.group(1)) if m.group(1) else head
     return dict(sorted(placement.items()))
 
 
@@ -124,7 +125,7 @@ class Service:
         v.metrics["time_to_healthy_s" if attempt == 1 else f"time_to_healthy_s_attempt{attempt}"] = round(healthy, 1)
         v.check("healthy", True, round(healthy, 1), f"< {cfg['serve']['health_timeout_s']}", "s",
                 detail=f"attempt {attempt}, PP={pp} on {', '.join(pipeline)}")
-        placed = pipeline_placement(srv.log, spec.addrs, head)
+        placed = pipeline_placement(srv.log, spec.addrs, head, world=tp * pp)
         v.check("pipeline_rank_per_node", sorted(placed) == list(range(pp)) and set(placed.values()) == set(pipeline),
                 placed, f"{pp} PP ranks on {', '.join(pipeline)}",
                 detail="from vLLM's rank assignment lines, prefixed by Ray with each worker's node IP")

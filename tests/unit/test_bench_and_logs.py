@@ -48,7 +48,7 @@ def test_bench_command_uses_identical_settings():
 
 def test_pipeline_placement_from_ray_prefixes():
     addrs = {"n1": "10.77.0.11", "n2": "10.77.0.12"}
-    placed = pipeline_placement(DATA / "vllm-serve-pp2.log", addrs, head="n1")
+    placed = pipeline_placement(DATA / "vllm-serve-pp2.log", addrs, head="n1", world=2)
     assert placed == {0: "n1", 1: "n2"}
 
 
@@ -57,7 +57,18 @@ def test_pipeline_placement_detects_packing(tmp_path):
     log.write_text("\n".join(
         f"(RayWorkerProc pid={p}) (Worker pid={p}) INFO rank {r} in world size 2 is assigned as DP rank 0, "
         f"PP rank {r}, TP rank 0" for p, r in ((11, 0), (12, 1))))
-    assert pipeline_placement(log, {"n1": "10.0.0.1", "n2": "10.0.0.2"}, head="n1") == {0: "n1", 1: "n1"}
+    assert pipeline_placement(log, {"n1": "10.0.0.1", "n2": "10.0.0.2"}, head="n1", world=2) == {0: "n1", 1: "n1"}
+
+
+def test_pipeline_placement_ignores_an_earlier_world(tmp_path):
+    """After a failover to PP=2, late lines of the old PP=3 workers must not count."""
+    log = tmp_path / "serve.log"
+    old = "(RayWorkerProc pid=9, ip=10.0.0.2) rank 2 in world size 3 is assigned as DP rank 0, PP rank 2, TP rank 0"
+    new = [f"(RayWorkerProc pid={p}{ip}) rank {r} in world size 2 is assigned as DP rank 0, PP rank {r}, TP rank 0"
+           for p, ip, r in ((11, "", 0), (12, ", ip=10.0.0.2", 1))]
+    log.write_text("\n".join(["$ vllm serve ...", new[0], old, new[1]]))
+    addrs = {"n1": "10.0.0.1", "n2": "10.0.0.2"}
+    assert pipeline_placement(log, addrs, head="n1", world=2) == {0: "n1", 1: "n2"}
 
 
 def test_vllm_phases_from_cpu_log():
