@@ -11,3 +11,8 @@ def tail(path: Path, n: int = 15, indent: str = "    ") -> str:
     except OSError:
         return f"{indent}(no log at {path})"
     return "\n".join(indent + line for line in lines[-n:])
+
+
+def shorten(text: str, head: int = 500, end: int = 1500) -> str:
+    """Keep what a diagnosis says first (what failed) and last (the log tail)."""
+    return text if len(text) <= head + end else f"{text[:head]} … {text[-end:]}"

@@ -20,6 +20,7 @@ from typing import Any
 from ladder import slurm
 from ladder.bench import ratios, run_sweep
 from ladder.e2e import run_suite, soak
+from ladder.logs import shorten
 from ladder.plan import PlanError, make_plan, model_shape
 from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
 from ladder.raystage import check_nodes, check_tasks
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         elif err:
             raise err
     except (ServerError, RuntimeError, OSError) as err:
-        v.check("serve", False, None, "a healthy multi-node service", detail=str(err)[-1500:])
+        v.check("serve", False, None, "a healthy multi-node service", detail=shorten(str(err)))
         print(str(err), file=sys.stderr, flush=True)
     finally:
         if ctx and ctx.srv:

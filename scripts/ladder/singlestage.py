@@ -17,6 +17,7 @@ from typing import Any
 
 from ladder import roofline, slurm
 from ladder.bench import run_sweep
+from ladder.logs import shorten
 from ladder.monitor import Sampler
 from ladder.verdict import Verdict, reference_check, require_gate, write_json
 from ladder.vllmserver import PROMPTS, Server, ServerError, api_key, cpu_env, resolve_model, serve_args, smoke
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         perf_checks(v, "single", results, refs)
         roofline_checks(v, a.out_dir, bandwidth, results, srv.log, model_path, cfg["model"]["dtype"], tp, refs)
     except (ServerError, RuntimeError) as err:
-        v.check("serve", False, None, "a healthy server", detail=str(err)[-1500:])
+        v.check("serve", False, None, "a healthy server", detail=shorten(str(err)))
         print(str(err), file=sys.stderr, flush=True)
     finally:
         if srv:
