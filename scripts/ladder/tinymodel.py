@@ -24,7 +24,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 MARKER = "ladder-tinymodel.json"
@@ -165,20 +165,57 @@ def _train_tokenizer(recipe: Recipe, texts: Iterable[str]):  # -> PreTrainedToke
     )
 
 
-def build(out: Path, recipe: Recipe) -> str:
-    """Build into `out` unless it already holds this recipe's build; returns a one-line status."""
+def _corpus() -> list[Path]:
     corpus = corpus_files()
     if not corpus:
         raise SystemExit("tinymodel: no corpus text found (neither common-licenses nor stdlib sources)")
-    digest = recipe_hash(recipe, corpus)
+    return corpus
+
+
+def _already_built(out: Path, digest: str, *, require_weights: bool) -> bool:
+    """True when `out` holds this recipe's build; refuses to go on over a directory we did not create."""
     marker = out / MARKER
-    if marker.is_file() and not check_model_dir(out):
+    if marker.is_file() and not check_model_dir(out, require_weights=require_weights):
         old, err = _read_json(marker)
         if not err and isinstance(old, dict) and old.get("recipe_hash") == digest:
-            return f"tinymodel: {out} already built (recipe {digest}), nothing to do"
+            return True
     # Never delete a directory we did not create: only an empty dir or an earlier build.
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not marker.is_file())):
         raise SystemExit(f"tinymodel: {out} exists and is not a tinymodel build; refusing to replace it")
+    return False
+
+
+def _publish(out: Path, write: Callable[[Path], None], info: dict[str, object], *, require_weights: bool) -> None:
+    """Build next to the target and swap in, so an interrupted build never looks complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        write(tmp)
+        # transformers 5 writes tokenizer_class "TokenizersBackend", unknown to 4.x (GPU
+        # clusters); the generic class plus an inline template load with either.
+        tok_config_path = tmp / "tokenizer_config.json"
+        tok_config = json.loads(tok_config_path.read_text())
+        tok_config.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE)
+        tok_config_path.write_text(json.dumps(tok_config, indent=2) + "\n")
+        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        if problems := check_model_dir(tmp, require_weights=require_weights):
+            raise RuntimeError("tinymodel: built model fails its own check: " + "; ".join(problems))
+        # mkdtemp makes the directory 0700; Ray workers of other users on a cluster may read it.
+        for p in (tmp, *tmp.iterdir()):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build(out: Path, recipe: Recipe) -> str:
+    """Build into `out` unless it already holds this recipe's build; returns a one-line status."""
+    corpus = _corpus()
+    digest = recipe_hash(recipe, corpus)
+    if _already_built(out, digest, require_weights=True):
+        return f"tinymodel: {out} already built (recipe {digest}), nothing to do"
 
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -205,31 +242,13 @@ def build(out: Path, recipe: Recipe) -> str:
     model = Qwen2ForCausalLM(config).to(torch.float32).eval()
     n_params = sum(p.numel() for p in model.parameters())
 
-    # Build next to the target and swap in, so an interrupted build never looks complete.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        # transformers 5 writes tokenizer_class "TokenizersBackend", unknown to 4.x (GPU
-        # clusters); the generic class plus an inline template load with either.
-        tok_config_path = tmp / "tokenizer_config.json"
-        tok_config = json.loads(tok_config_path.read_text())
-        tok_config.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE)
-        tok_config_path.write_text(json.dumps(tok_config, indent=2) + "\n")
-        info = {"recipe_hash": digest, "recipe": dataclasses.asdict(recipe), "params": n_params,
-                "corpus": [str(p) for p in corpus]}
-        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
-        if problems := check_model_dir(tmp):
-            raise RuntimeError("tinymodel: built model fails its own check: " + "; ".join(problems))
-        # mkdtemp makes the directory 0700; Ray workers of other users on a cluster may read it.
-        for p in (tmp, *tmp.iterdir()):
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    info = {"recipe_hash": digest, "recipe": dataclasses.asdict(recipe), "params": n_params,
+            "corpus": [str(p) for p in corpus]}
+    _publish(out, write, info, require_weights=True)
     return f"tinymodel: built {out} (recipe {digest}, {n_params} params, {time.monotonic() - start:.1f} s)"
 
 
@@ -272,19 +291,12 @@ def build_shape(out: Path, shape: str, recipe: Recipe) -> str:
 
     arch = SHAPES[shape]
     vocab_size = int(arch["vocab_size"])  # type: ignore[call-overload]
-    corpus = corpus_files()
-    if not corpus:
-        raise SystemExit("tinymodel: no corpus text found (neither common-licenses nor stdlib sources)")
+    corpus = _corpus()
     recipe = dataclasses.replace(recipe, vocab_size=SHAPE_TOKENIZER_VOCAB, layers=int(arch["num_hidden_layers"]),
                                  max_position=int(arch["max_position_embeddings"]))  # type: ignore[call-overload]
     digest = hashlib.sha256((recipe_hash(recipe, corpus) + json.dumps(arch, sort_keys=True)).encode()).hexdigest()[:16]
-    marker = out / MARKER
-    if marker.is_file() and not check_model_dir(out, require_weights=False):
-        old, err = _read_json(marker)
-        if not err and isinstance(old, dict) and old.get("recipe_hash") == digest:
-            return f"tinymodel: {out} already built ({shape}, recipe {digest}), nothing to do"
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not marker.is_file())):
-        raise SystemExit(f"tinymodel: {out} exists and is not a tinymodel build; refusing to replace it")
+    if _already_built(out, digest, require_weights=False):
+        return f"tinymodel: {out} already built ({shape}, recipe {digest}), nothing to do"
     start = time.monotonic()
     trained = _train_tokenizer(recipe, (p.read_text(encoding="utf-8", errors="replace") for p in corpus))
     padded = Tokenizer.from_str(pad_vocab(trained.backend_tokenizer.to_str(), vocab_size))
@@ -292,30 +304,16 @@ def build_shape(out: Path, shape: str, recipe: Recipe) -> str:
                                         chat_template=CHAT_TEMPLATE, model_max_length=recipe.max_position)
     ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     config = {**arch, "bos_token_id": ids[0], "eos_token_id": ids[2], "pad_token_id": ids[0]}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    def write(tmp: Path) -> None:
         tokenizer.save_pretrained(tmp)
-        tok_config_path = tmp / "tokenizer_config.json"
-        tok_config = json.loads(tok_config_path.read_text())
-        tok_config.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE)
-        tok_config_path.write_text(json.dumps(tok_config, indent=2) + "\n")
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "generation_config.json").write_text(json.dumps(
             {"bos_token_id": ids[0], "eos_token_id": ids[2], "pad_token_id": ids[0]}, indent=2) + "\n")
-        info = {"recipe_hash": digest, "shape": shape, "recipe": dataclasses.asdict(recipe),
-                "tokenizer_vocab": len(tokenizer), "weights": "none (serve with --load-format dummy)",
-                "corpus": [str(p) for p in corpus]}
-        (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
-        if problems := check_model_dir(tmp, require_weights=False):
-            raise RuntimeError("tinymodel: built model fails its own check: " + "; ".join(problems))
-        for p in (tmp, *tmp.iterdir()):
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    info = {"recipe_hash": digest, "shape": shape, "recipe": dataclasses.asdict(recipe),
+            "tokenizer_vocab": len(tokenizer), "weights": "none (serve with --load-format dummy)",
+            "corpus": [str(p) for p in corpus]}
+    _publish(out, write, info, require_weights=False)
     return (f"tinymodel: built {out} ({shape} config, tokenizer {len(tokenizer)} ids, no weights, "
             f"{time.monotonic() - start:.1f} s)")
 
