@@ -47,6 +47,10 @@ def partition_nodes():
     return ",".join(sorted(n for spec in out.stdout.split() for n in expand_nodelist(spec)))
 
 
+# Needed by the fingerprint, the env stage and every retry's node count: one sinfo per run.
+PARTITION_NODES = partition_nodes()
+
+
 def env_fingerprint():
     """Installed distributions (dist-info names carry versions) + lock + nodes.
 
@@ -57,7 +61,7 @@ def env_fingerprint():
     for p in sorted(PREFIX.glob("lib/python*/site-packages/*.dist-info")):
         h.update(p.name.encode())
     h.update(Path(LOCK).read_bytes() if Path(LOCK).exists() else b"")
-    h.update(partition_nodes().encode())
+    h.update(PARTITION_NODES.encode())
     return h.hexdigest()[:16]
 
 
@@ -100,7 +104,7 @@ def node_count(wildcards, attempt):
     """Configured nodes; fewer only when nodes were excluded, too few remain and degraded runs are allowed."""
     if attempt == 1 and not excluded_nodes():
         return NODES
-    available = len(partition_nodes().split(",")) - len(excluded_nodes())
+    available = len(PARTITION_NODES.split(",")) - len(excluded_nodes())
     return max(1, min(NODES, available)) if FAULTS["allow_degraded"] else NODES
 
 

@@ -4,7 +4,7 @@ rule env:
         verdict="results/env/verdict.json",
     params:
         fingerprint=env_fingerprint(),
-        nodes=partition_nodes(),
+        nodes=PARTITION_NODES,
         build="--build" if config["env"]["build"] else "",
         boot_py=BOOT_PY,
         prefix=PREFIX,

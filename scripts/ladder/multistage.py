@@ -25,7 +25,7 @@ from ladder.plan import PlanError, make_plan, model_shape
 from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
 from ladder.raystage import check_nodes, check_tasks
 from ladder.singlestage import metadata, perf_checks
-from ladder.verdict import Verdict, require_gate, write_json
+from ladder.verdict import Verdict, require_gate, stage_parser, write_json
 from ladder.vllmserver import Server, ServerError, api_key, cpu_env, last_run, resolve_model, serve_args
 
 _WORKER = re.compile(r"\(RayWorker\w* pid=\d+(?:, ip=([0-9.]+))?\)")
@@ -151,14 +151,7 @@ class Service:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--gate", type=Path, required=True, help="single verdict")
-    ap.add_argument("--results", type=Path, required=True, help="results root (probe, env, single outputs)")
-    ap.add_argument("--config", type=Path, required=True)
-    ap.add_argument("--cache", type=Path, required=True)
-    ap.add_argument("--out-dir", type=Path, required=True)
-    ap.add_argument("--log-dir", type=Path, required=True)
-    ap.add_argument("--config-hash", default="")
+    ap = stage_parser(__doc__, serving=True)
     a = ap.parse_args(argv)
     require_gate(a.gate)
     cfg = json.loads(a.config.read_text())

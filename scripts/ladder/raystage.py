@@ -8,7 +8,6 @@ NCCL all-reduce across nodes (sum, bus bandwidth, the transport NCCL chose).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -17,7 +16,7 @@ from typing import Any
 
 from ladder import slurm
 from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
-from ladder.verdict import Verdict, require_gate, write_json
+from ladder.verdict import Verdict, require_gate, stage_parser, write_json
 
 
 def check_nodes(v: Verdict, cluster: RayCluster, probe: dict[str, dict[str, Any]], cpus: int) -> dict[str, str]:
@@ -91,13 +90,8 @@ def check_transfer(v: Verdict, ids: dict[str, str], head: str, size_mb: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--gate", type=Path, required=True, help="probe verdict (must pass)")
-    ap.add_argument("--results", type=Path, required=True, help="results root (reads probe/nodes.json)")
-    ap.add_argument("--config", type=Path, required=True, help="resolved config (JSON)")
-    ap.add_argument("--log-dir", type=Path, required=True)
+    ap = stage_parser(__doc__)
     ap.add_argument("--verdict", type=Path, required=True)
-    ap.add_argument("--config-hash", default="")
     a = ap.parse_args(argv)
     require_gate(a.gate)
     cfg = json.loads(a.config.read_text())

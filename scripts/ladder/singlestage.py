@@ -6,7 +6,6 @@ outputs.json the reference the distributed split must reproduce token for token.
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from ladder import roofline, slurm
 from ladder.bench import run_sweep
 from ladder.logs import shorten
 from ladder.monitor import Sampler
-from ladder.verdict import Verdict, reference_check, require_gate, write_json
+from ladder.verdict import Verdict, reference_check, require_gate, stage_parser, write_json
 from ladder.vllmserver import PROMPTS, Server, ServerError, api_key, cpu_env, resolve_model, serve_args, smoke
 
 
@@ -62,14 +61,7 @@ def roofline_checks(v: Verdict, out_dir: Path, bandwidth: dict[str, Any] | None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--gate", type=Path, required=True)
-    ap.add_argument("--results", type=Path, required=True, help="results root (reads env/versions.json)")
-    ap.add_argument("--config", type=Path, required=True)
-    ap.add_argument("--cache", type=Path, required=True, help="shared cache (models, compile caches)")
-    ap.add_argument("--out-dir", type=Path, required=True)
-    ap.add_argument("--log-dir", type=Path, required=True)
-    ap.add_argument("--config-hash", default="")
+    ap = stage_parser(__doc__, serving=True)
     a = ap.parse_args(argv)
     require_gate(a.gate)
     cfg = json.loads(a.config.read_text())

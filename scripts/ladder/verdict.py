@@ -7,6 +7,7 @@ returns the process exit code, so a failing check stops Snakemake downstream.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -118,3 +119,18 @@ def reference_check(verdict: Verdict, metric: str, value: float, references: dic
     ok = lo <= value <= hi
     return verdict.check(f"perf:{metric}", ok, round(value, 4), [target, lower, upper], unit,
                          detail=f"allowed [{lo:.4g}, {hi:.4g}]")
+
+
+def stage_parser(description: str, *, serving: bool = False) -> argparse.ArgumentParser:
+    """The arguments every node stage takes from its rule (gate, results root, resolved config,
+    logs, config hash); the vLLM stages also take the shared cache and their output directory."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--gate", type=Path, required=True, help="the previous stage's verdict (must not be fail)")
+    ap.add_argument("--results", type=Path, required=True, help="results root (probe, env, single outputs)")
+    ap.add_argument("--config", type=Path, required=True, help="validated config with defaults (JSON)")
+    ap.add_argument("--log-dir", type=Path, required=True)
+    ap.add_argument("--config-hash", default="")
+    if serving:
+        ap.add_argument("--cache", type=Path, required=True, help="shared cache (models, compile caches)")
+        ap.add_argument("--out-dir", type=Path, required=True)
+    return ap
