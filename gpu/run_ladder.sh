@@ -63,9 +63,9 @@ export PATH=$VENV/bin:$PATH
 # stages that already passed in an earlier call of this run. RERUN_TRIGGERS="mtime params input"
 # restores the profile's behaviour.
 read -r -a triggers <<<"${RERUN_TRIGGERS:-mtime input}"
-smk=("$VENV/bin/snakemake" -s "$REPO/Snakefile" --directory "$WORK" --configfile "$OVERLAY"
-     ${EXTRA_CONFIG:+"$(realpath "$EXTRA_CONFIG")"} --profile "$REPO/profiles/sandbox"
-     --rerun-triggers "${triggers[@]}")
+# --rerun-triggers and --configfile take several values: a single-valued option ends them.
+smk=("$VENV/bin/snakemake" --rerun-triggers "${triggers[@]}" --configfile "$OVERLAY"
+     ${EXTRA_CONFIG:+"$(realpath "$EXTRA_CONFIG")"} --profile "$REPO/profiles/sandbox" -s "$REPO/Snakefile" --directory "$WORK")
 # Slurm jobs of this work directory that a killed snakemake left running (it scancels its
 # jobs on TERM, not on KILL): they would hold the nodes' GPUs in the next call.
 cancel_ours() {

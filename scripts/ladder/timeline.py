@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 _TS = re.compile(r"(\d\d-\d\d \d\d:\d\d:\d\d)")
+# CPU builds print "Initializing model" + "Loading weights"; CUDA builds one "Model loading
+# took <GiB> and <s> seconds" line; "torch.compile takes" became "took" in later releases.
 _PATTERNS = {
     "model_load": re.compile(r"Loading weights took ([0-9.]+) seconds"),
     "model_init": re.compile(r"Initializing model took ([0-9.]+) seconds"),
+    "model_loading": re.compile(r"Model loading took [0-9.]+ GiB(?: memory)? and ([0-9.]+) seconds"),
     "init_engine": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+) s"),
-    "torch_compile": re.compile(r"torch\.compile takes ([0-9.]+) s in total"),
+    "torch_compile": re.compile(r"torch\.compile (?:takes|took) ([0-9.]+) s in total"),
 }
 
 
@@ -43,12 +46,14 @@ def vllm_phases(log: Path) -> dict[str, float]:
         for name, pat in _PATTERNS.items():
             m = pat.search(line)
             if m:
-                found[name] = found.get(name, 0.0) + float(m.group(1))  # summed over pipeline ranks
+                # Ranks (TP/PP workers) run these phases in parallel: the slowest one counts.
+                found[name] = max(found.get(name, 0.0), float(m.group(1)))
         if t and "Warming up model for the compilation" in line and warm is None:
             warm = t
         if t and warm and warm_end is None and ("KV cache on node" in line or "saved AOT compiled" in line):
             warm_end = t
-    out = {"model_load": round(found.get("model_load", 0) + found.get("model_init", 0), 2)}
+    load = found.get("model_loading") or found.get("model_load", 0) + found.get("model_init", 0)
+    out = {"model_load": round(load, 2)}
     if "torch_compile" in found:
         out["compile_warmup"] = round(found["torch_compile"], 2)
     elif warm and warm_end:

@@ -93,3 +93,11 @@ def test_sampler_writes_rows_and_measures_its_cost(tmp_path):
     assert rows[0].startswith("t,node,cpu_pct") and len(rows) >= 4
     assert cost["monitor_samples"] == len(rows) - 1
     assert 0 < cost["monitor_cpu_ms_per_sample"] < 50
+
+
+def test_vllm_phases_from_gpu_pipeline_log():
+    # vLLM 0.26 (CUDA), PP=2 on nvidia-h200-x2: the two ranks load and compile in parallel.
+    phases = vllm_phases(DATA / "vllm-serve-gpu-pp2.log")
+    assert phases["model_load"] == 2.3
+    assert phases["compile_warmup"] == 17.83
+    assert phases["kv_cache_profile"] == round(43.14 - 17.83, 2)
