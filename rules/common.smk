@@ -113,6 +113,17 @@ def slurm_extra(wildcards, attempt):
     return f"--exclude={','.join(excluded)}" if excluded else ""
 
 
+def mpi_launcher(wildcards, attempt):
+    """`srun` for the plugin's MPI mode, or "" for a one-node job.
+
+    The Slurm plugin refuses MPI jobs with one task, and Snakemake 9 loses that error in
+    its submit thread: the run then waits forever. With "" the plugin skips its MPI
+    checks, while the jobstep plugin (which tests only that the key exists) still leaves
+    the rule's own srun as the top-level step instead of wrapping it in another.
+    """
+    return "srun" if node_count(wildcards, attempt) > 1 else ""
+
+
 def stage_resources(nodes=1, mpi=False, gpus=True, mem_mb=None, runtime=None):
     """Slurm resources for one stage job (the plugin turns them into sbatch flags)."""
     multi = nodes > 1
@@ -128,7 +139,7 @@ def stage_resources(nodes=1, mpi=False, gpus=True, mem_mb=None, runtime=None):
         res["slurm_partition"] = config["cluster"]["partition"]
     if mpi:
         # The rule's own srun is the top-level step across all nodes (DESIGN.md §5).
-        res["mpi"] = "srun"
+        res["mpi"] = mpi_launcher if multi else ""
     if gpus and GPUS:
         # gres per node; `gpu=N` would mean N for the whole job.
         res["gres"] = f"gpu:{GPUS}"

@@ -82,6 +82,21 @@ def test_probe_three_nodes_reruns_probe_only(run_dag, sandbox, workdir):
     print(f"3-node probe: {run.elapsed:.1f}s")
 
 
+def test_probe_one_node(run_dag, sandbox, workdir):
+    # A one-task job must not take the plugin's MPI path: it refuses one task, and
+    # Snakemake 9 lost that error in its submit thread and waited forever (seen on GPU).
+    run = run_dag(PROBE, overrides={"cluster": {"nodes": 1}}, workdir=workdir, timeout=120)
+    assert run.returncode == 0, run.stdout[-4000:]
+    assert set(run.submitted()) == {"probe"}, run.stdout[-3000:]
+    verdict = json.loads((run.results / "probe" / "verdict.json").read_text())
+    assert verdict["status"] == "pass", verdict["checks"]
+    assert len(verdict["nodes"]) == 1
+    jid = verdict["slurm_job"]
+    assert sandbox.slurm("squeue", "-h", "-t", "all", "-j", jid, "-o", "%N").strip() == verdict["nodes"][0]
+    # The rule's own srun ran the node task (not nested inside a jobstep wrapper step).
+    assert (run.results / "logs" / "probe" / f"{verdict['nodes'][0]}.log").exists()
+
+
 @pytest.mark.parametrize(("overrides", "named"), [
     ({"cluster": {"nodse": 2}}, "'nodse' was unexpected"),
     ({"clustr": {"nodes": 2}}, "'clustr' was unexpected"),
