@@ -40,7 +40,7 @@ unit: setup
 	$(PY) -m pytest -m unit tests
 
 lint: setup
-	ruff check scripts tests bench
+	ruff check scripts tests bench gpu
 	snakemake --lint
 
 down:

@@ -57,6 +57,9 @@ def summary(results: Path) -> str:
     for stage in STAGES:
         d = results / stage
         v = _load(d / "verdict.json") or _load(d / "verdict.failed.json")
+        if stage == "report" and (rep := _load(d / "summary.json")):
+            lines.append(f"report: {d / 'index.html'} - verdicts {rep.get('verdicts')}, plots {rep.get('plots')}")
+            continue
         if not v:
             lines.append(f"{stage}: not run")
             continue
