@@ -67,15 +67,17 @@ def env_fingerprint():
 
 
 
-def config_json(stage, *sections):
-    """The validated config (defaults filled) for a stage script, named by the stage's own
-    config hash: editing an unrelated section neither renames it nor re-runs the stage."""
-    path = Path("results/.config") / f"{stage}-{config_hash(*sections)}.json"
+def stage_config(stage, *sections):
+    """Params `hash` (of the sections the stage depends on) and `config`: the validated config
+    (defaults filled) for its script, named by that hash, so editing an unrelated section
+    neither renames it nor re-runs the stage."""
+    digest = config_hash(*sections)
+    path = Path("results/.config") / f"{stage}-{digest}.json"
     text = json.dumps(config, indent=1, sort_keys=True)
     if not path.exists() or path.read_text() != text:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    return str(path)
+    return {"hash": digest, "config": str(path)}
 
 
 CONDA_ENV = f"../envs/{config['env']['flavor']}.conda.yaml"

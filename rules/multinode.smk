@@ -6,8 +6,7 @@ rule multinode:
         verdict="results/multinode/verdict.json",
     params:
         **COMMON,
-        hash=config_hash("cluster", "ray", "model", "parallel", "serve", "bench", "references", "faults"),
-        config=config_json("multinode", "cluster", "ray", "model", "parallel", "serve", "bench", "references", "faults"),
+        **stage_config("multinode", "cluster", "ray", "model", "parallel", "serve", "bench", "references", "faults"),
         cache=CACHE,
         out_dir=lambda w, output: Path(output.verdict).parent,
         log_dir="results/logs/multinode",

@@ -6,8 +6,7 @@ rule ray:
         verdict="results/ray/verdict.json",
     params:
         **COMMON,
-        hash=config_hash("cluster", "ray"),
-        config=config_json("ray", "cluster", "ray"),
+        **stage_config("ray", "cluster", "ray"),
         log_dir="results/logs/ray",
         results=lambda w, output: Path(output.verdict).parent.parent,
     log:

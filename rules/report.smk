@@ -9,8 +9,7 @@ rule report:
         breakdown=report("results/report/breakdown.png", caption="../report/breakdown.rst", category="Timing"),
     params:
         **COMMON,
-        hash=config_hash(),
-        config=config_json("report"),
+        **stage_config("report"),
         out_dir=lambda w, output: Path(output.index).parent,
         results=lambda w, output: Path(output.index).parent.parent,
     log:

@@ -6,8 +6,7 @@ rule single:
         verdict="results/single/verdict.json",
     params:
         **COMMON,
-        hash=config_hash("cluster", "model", "serve", "bench", "references"),
-        config=config_json("single", "cluster", "model", "serve", "bench", "references"),
+        **stage_config("single", "cluster", "model", "serve", "bench", "references"),
         cache=CACHE,
         out_dir=lambda w, output: Path(output.verdict).parent,
         log_dir="results/logs/single",

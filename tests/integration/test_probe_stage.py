@@ -93,7 +93,7 @@ def test_probe_one_node(run_dag, sandbox, workdir):
     assert len(verdict["nodes"]) == 1
     jid = verdict["slurm_job"]
     assert sandbox.slurm("squeue", "-h", "-t", "all", "-j", jid, "-o", "%N").strip() == verdict["nodes"][0]
-    # The rule's own srun ran the node task (not nested inside a jobstep wrapper step).
+    # The rule's own srun ran the node task (its per-node log).
     assert (run.results / "logs" / "probe" / f"{verdict['nodes'][0]}.log").exists()
 
 
