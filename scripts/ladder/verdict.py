@@ -59,6 +59,10 @@ class Verdict:
         return [c for c in self.checks if c.ok is False]
 
     def finish(self, path: Path | str) -> int:
+        if not any(c.ok is not None for c in self.checks):
+            # A stage that checked nothing has not shown that anything works.
+            self.check("checked_something", False, len(self.checks), ">= 1 check that ran",
+                       detail="no check of this stage passed or failed (all absent or not applicable)")
         if self.failed:
             self.status = "fail"
         elif self.degraded_reason:

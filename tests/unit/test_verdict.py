@@ -49,13 +49,20 @@ def test_degraded_passes_the_gate(tmp_path):
 
 def test_not_applicable_check_does_not_fail(tmp_path):
     v = Verdict("env")
+    v.check("lock_matches", True, 0, 0)
     assert v.check("nccl_available", None, detail="cpu") is True
     assert v.finish(tmp_path / "v.json") == 0
-    assert read_verdict(tmp_path / "v.json")["checks"][0]["ok"] is None
+    assert read_verdict(tmp_path / "v.json")["checks"][1]["ok"] is None
 
 
-def test_no_checks_is_pass(tmp_path):
-    assert Verdict("x").finish(tmp_path / "v.json") == 0
+@pytest.mark.parametrize("checks", [[], [("nccl_available", None)]], ids=["no-checks", "only-not-applicable"])
+def test_verdict_that_checked_nothing_fails(tmp_path, checks):
+    v = Verdict("x")
+    for name, ok in checks:
+        v.check(name, ok)
+    assert v.finish(tmp_path / "v.json") == 1
+    data = read_verdict(tmp_path / "v.json")
+    assert data["status"] == "fail" and data["checks"][-1]["name"] == "checked_something"
 
 
 def test_slurm_job_from_environment(monkeypatch):
@@ -116,6 +123,7 @@ def test_reference_failure_fails_the_verdict(tmp_path):
 
 def test_missing_reference_only_records(tmp_path):
     v = Verdict("single")
+    v.check("healthy", True)
     assert reference_check(v, "single.ttft_ms", 87.5, REFS) is True
     check = v.checks[-1]
     assert check.ok is None and check.expected is None and "no reference" in check.detail
