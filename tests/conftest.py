@@ -156,39 +156,41 @@ class DagRun:
 RunDag = Callable[..., DagRun]
 
 
+def run_snakemake(sandbox: Sandbox, *targets: str, workdir: Path, overrides: dict[str, Any] | None = None,
+                  config: dict[str, Any] | None = None, timeout: float = 600, extra: tuple[str, ...] = (),
+                  env: dict[str, str] | None = None) -> DagRun:
+    """``snakemake --profile profiles/sandbox TARGETS`` in ``workdir`` with the repo's config + overrides
+    (or config= whole); extra are more snakemake arguments; env adds variables. Module fixtures share
+    one run between tests through this."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = config if config is not None else make_config(overrides)
+    cfg_file = workdir / "test-config.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(cfg_file), "--profile", str(ROOT / "profiles" / "sandbox"), *extra, *targets]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=workdir, env=sandbox.env(**(env or {})), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        # SIGTERM lets Snakemake scancel its jobs; then make sure it is gone.
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            out, _ = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+        pytest.fail(f"snakemake {' '.join(targets)} timed out after {timeout}s:\n{out[-4000:]}")
+    return DagRun(proc.returncode, out, time.monotonic() - t0, workdir, cfg)
+
+
 @pytest.fixture
 def run_dag(sandbox: Sandbox, tmp_path: Path) -> RunDag:
-    """run_dag(*targets, overrides={...}, workdir=None, timeout=600, extra=(...), env={...}) -> DagRun.
+    """run_dag(*targets, workdir=None, **kw) -> DagRun: run_snakemake in a fresh tmp dir unless workdir is given."""
 
-    overrides are deep-merged into config/config.yaml (or config= replaces it whole); workdir
-    defaults to a fresh tmp dir; extra are more snakemake arguments; env adds variables.
-    """
-
-    def run(*targets: str, overrides: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
-            workdir: Path | None = None, timeout: float = 600, extra: tuple[str, ...] = (),
-            env: dict[str, str] | None = None) -> DagRun:
-        wd = workdir or tmp_path / "work"
-        wd.mkdir(parents=True, exist_ok=True)
-        cfg = config if config is not None else make_config(overrides)
-        cfg_file = wd / "test-config.yaml"
-        cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(wd),
-               "--configfile", str(cfg_file), "--profile", str(ROOT / "profiles" / "sandbox"), *extra, *targets]
-        t0 = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=wd, env=sandbox.env(**(env or {})), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            # SIGTERM lets Snakemake scancel its jobs; then make sure it is gone.
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                out, _ = proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                out, _ = proc.communicate()
-            pytest.fail(f"snakemake {' '.join(targets)} timed out after {timeout}s:\n{out[-4000:]}")
-        return DagRun(proc.returncode, out, time.monotonic() - t0, wd, cfg)
+    def run(*targets: str, workdir: Path | None = None, **kw: Any) -> DagRun:
+        return run_snakemake(sandbox, *targets, workdir=workdir or tmp_path / "work", **kw)
 
     return run
 

@@ -2,7 +2,8 @@
 
 Real Slurm jobs through the plugin, real Ray across network namespaces, real vLLM on
 CPU with pipeline parallel through the Ray executor.  One work directory: 2 nodes
-first, then 3 nodes by changing the config alone.
+first, then 3 nodes by changing the config alone.  The runs are module fixtures, so
+every test passes alone (it runs what it needs) and the runs happen once per session.
 """
 
 from __future__ import annotations
@@ -25,6 +26,24 @@ API_KEY = "ladder-test-" + secrets.token_hex(12)
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("ladder")
+
+
+@pytest.fixture(scope="module")
+def two_node_run(sandbox, workdir):
+    """The whole ladder on 2 nodes (env, probe and ray stay cached for the tests that use the work dir)."""
+    from conftest import run_snakemake
+
+    return run_snakemake(sandbox, "all", overrides={"cluster": {"nodes": 2}, "bench": {"soak_s": 90}},
+                         workdir=workdir, timeout=1800, env={"LADDER_API_KEY": API_KEY})
+
+
+@pytest.fixture(scope="module")
+def three_node_run(sandbox, workdir, two_node_run):
+    """Then 3 nodes by changing cluster.nodes alone, in the same work dir (after the 2-node run)."""
+    from conftest import run_snakemake
+
+    return run_snakemake(sandbox, "all", overrides={"cluster": {"nodes": 3}, "bench": {"soak_s": 90}},
+                         workdir=workdir, timeout=2400, env={"LADDER_API_KEY": API_KEY})
 
 
 def verdict(run, stage: str) -> dict:
@@ -78,9 +97,8 @@ def no_secret_anywhere(root: Path) -> None:
             assert not f.stat().st_mode & 0o002, f"{f} is world-writable"
 
 
-def test_ladder_two_nodes(run_dag, sandbox, workdir):
-    run = run_dag("all", overrides={"cluster": {"nodes": 2}, "bench": {"soak_s": 90}}, workdir=workdir,
-                  timeout=1800, env={"LADDER_API_KEY": API_KEY})
+def test_ladder_two_nodes(two_node_run, sandbox, workdir):
+    run = two_node_run
     check_ladder(run, sandbox, 2)
     soak = json.loads((run.results / "multinode" / "soak.json").read_text())
     assert soak["failed"] == 0 and soak["ok"] > 10, soak
@@ -89,24 +107,26 @@ def test_ladder_two_nodes(run_dag, sandbox, workdir):
     print(f"2-node ladder: {run.elapsed:.0f}s")
 
 
-def test_report_renders_in_chromium(workdir, tmp_path):
+def test_report_renders_in_chromium(two_node_run, tmp_path):
     chromium = shutil.which("chromium")
-    assert chromium, "Debian chromium is needed for this test (.ci/run installs it)"
-    index = workdir / "results" / "report" / "index.html"
+    assert chromium, "Debian chromium is needed for this test (`make test` installs it)"
+    assert two_node_run.returncode == 0, two_node_run.stdout[-3000:]
+    index = two_node_run.results / "report" / "index.html"
     shot = tmp_path / "report.png"
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
                     f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2400",
                     f"--screenshot={shot}", index.as_uri()], check=True, timeout=120, capture_output=True)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20000
-    shutil.copy(shot, workdir / "results" / "report" / "screenshot.png")
+    shutil.copy(shot, two_node_run.results / "report" / "screenshot.png")
 
 
 @pytest.mark.parametrize(("serve", "message"), [
     ({"extra_args": ["--max-model-len=100000"]}, "exited with"),  # crashes at start-up
     ({"health_timeout_s": 10}, "not healthy after 10s"),  # never healthy in time
 ], ids=["server-crashes", "never-healthy"])
-def test_server_failure_fails_with_log_tail_and_no_orphans(run_dag, sandbox, workdir, serve, message):
+def test_server_failure_fails_with_log_tail_and_no_orphans(run_dag, sandbox, workdir, two_node_run, serve, message):
+    assert two_node_run.returncode == 0, "needs env, probe and ray validated in the work dir"
     run = run_dag("results/single/verdict.json", overrides={"cluster": {"nodes": 2}, "serve": serve},
                   workdir=workdir, timeout=600)
     assert run.returncode != 0
@@ -117,21 +137,21 @@ def test_server_failure_fails_with_log_tail_and_no_orphans(run_dag, sandbox, wor
     assert sandbox.stray_processes() == []
 
 
-def test_ladder_three_nodes_by_config_alone(run_dag, sandbox, workdir):
-    run = run_dag("all", overrides={"cluster": {"nodes": 3}, "bench": {"soak_s": 90}}, workdir=workdir, timeout=2400,
-                  env={"LADDER_API_KEY": API_KEY})
+def test_ladder_three_nodes_by_config_alone(three_node_run, sandbox):
+    run = three_node_run
     check_ladder(run, sandbox, 3)
     assert "env" not in run.submitted(), "env must stay cached when only cluster.nodes changes"
     print(f"3-node ladder: {run.elapsed:.0f}s")
 
 
-def test_rerun_submits_nothing(run_dag, workdir):
+def test_rerun_submits_nothing(run_dag, workdir, three_node_run):
+    assert three_node_run.returncode == 0, three_node_run.stdout[-3000:]
     run = run_dag("all", overrides={"cluster": {"nodes": 3}, "bench": {"soak_s": 90}}, workdir=workdir, timeout=120)
     assert run.returncode == 0 and run.submitted() == {}, run.stdout[-3000:]
     assert "Nothing to be done" in run.stdout
 
 
-def test_node_dies_under_load_service_restarts_degraded(sandbox, workdir):
+def test_node_dies_under_load_service_restarts_degraded(sandbox, workdir, three_node_run):
     """Kill every Ray/vLLM process of n3 while the 3-node service runs: the stage notices, restarts the
     service with PP=2 on n1 and n2, re-runs the end-to-end suite, and passes as degraded."""
     import signal
@@ -142,6 +162,7 @@ def test_node_dies_under_load_service_restarts_degraded(sandbox, workdir):
 
     from ladder.sandbox import pids_in_namespaces
 
+    assert three_node_run.returncode == 0, "needs the validated 3-node ladder (single's outputs) in the work dir"
     cfg = make_config({"cluster": {"nodes": 3}, "bench": {"soak_s": 90}, "faults": {"allow_degraded": True}})
     cfg_file = workdir / "failover.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))

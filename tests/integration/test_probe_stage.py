@@ -47,9 +47,17 @@ def check_probe(run, sandbox, nodes: int) -> None:
     assert list((run.results / "logs" / "slurm" / "rule_probe").glob("*.log"))
 
 
-def test_probe_two_nodes(run_dag, sandbox, workdir):
+@pytest.fixture(scope="module")
+def two_node_probe(sandbox, workdir):
+    """env + probe on 2 nodes in the module's work dir, and the jobs Slurm knew before."""
+    from conftest import run_snakemake
+
     before = sandbox.job_ids()
-    run = run_dag(PROBE, overrides={"cluster": {"nodes": 2}}, workdir=workdir, timeout=300)
+    return before, run_snakemake(sandbox, PROBE, overrides={"cluster": {"nodes": 2}}, workdir=workdir, timeout=300)
+
+
+def test_probe_two_nodes(two_node_probe, sandbox):
+    before, run = two_node_probe
     check_probe(run, sandbox, 2)
     submitted = run.submitted()
     assert set(submitted) == {"env", "probe"}, run.stdout[-3000:]
@@ -59,7 +67,8 @@ def test_probe_two_nodes(run_dag, sandbox, workdir):
     print(f"2-node env+probe: {run.elapsed:.1f}s")
 
 
-def test_rerun_submits_nothing(run_dag, sandbox, workdir):
+def test_rerun_submits_nothing(run_dag, sandbox, workdir, two_node_probe):
+    assert two_node_probe[1].returncode == 0
     before = sandbox.job_ids()
     run = run_dag(PROBE, overrides={"cluster": {"nodes": 2}}, workdir=workdir, timeout=60)
     assert run.returncode == 0, run.stdout[-3000:]
@@ -70,7 +79,8 @@ def test_rerun_submits_nothing(run_dag, sandbox, workdir):
     print(f"no-op re-run: {run.elapsed:.1f}s")
 
 
-def test_probe_three_nodes_reruns_probe_only(run_dag, sandbox, workdir):
+def test_probe_three_nodes_reruns_probe_only(run_dag, sandbox, workdir, two_node_probe):
+    assert two_node_probe[1].returncode == 0
     before = sandbox.job_ids()
     env_mtime = (workdir / "results" / "env" / "verdict.json").stat().st_mtime
     run = run_dag(PROBE, overrides={"cluster": {"nodes": 3}}, workdir=workdir, timeout=300)
@@ -82,9 +92,10 @@ def test_probe_three_nodes_reruns_probe_only(run_dag, sandbox, workdir):
     print(f"3-node probe: {run.elapsed:.1f}s")
 
 
-def test_probe_one_node(run_dag, sandbox, workdir):
+def test_probe_one_node(run_dag, sandbox, workdir, two_node_probe):
     # A one-task job must not take the plugin's MPI path: it refuses one task, and
     # Snakemake 9 lost that error in its submit thread and waited forever (seen on GPU).
+    assert two_node_probe[1].returncode == 0, "env must be validated in the work dir"
     run = run_dag(PROBE, overrides={"cluster": {"nodes": 1}}, workdir=workdir, timeout=120)
     assert run.returncode == 0, run.stdout[-4000:]
     assert set(run.submitted()) == {"probe"}, run.stdout[-3000:]
