@@ -6,7 +6,7 @@ NODES ?= 2
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export SLURM_CONF := $(CURDIR)/.sandbox/etc/slurm.conf
 
-.PHONY: setup sandbox demo report test unit lint down clean
+.PHONY: setup system sandbox demo report test unit lint down clean
 
 # The pinned environment (envs/cpu.lock.txt) + ladder itself; rebuilt when the lock changes.
 # --no-deps: the lock is the whole closure; resolving again pulls CUDA torchvision/torchaudio/
@@ -20,7 +20,11 @@ $(VENV)/.lock-stamp: envs/cpu.lock.txt pyproject.toml
 
 setup: $(VENV)/.lock-stamp
 
-sandbox: setup
+# Debian packages, one list (ladder.system): the sandbox's for the demo, the sandbox's and the tests' for test.
+system: setup
+	$(PY) -m ladder.system sandbox
+
+sandbox: system
 	$(PY) -m ladder.sandbox up --nodes $(NODES)
 
 # First command: everything, on the embedded sandbox cluster.
@@ -34,6 +38,7 @@ report: setup
 # Second command: unit tests, then the sandbox integration tests (real Slurm, Ray, vLLM on CPU);
 # tests/gpu runs the GPU ladder where NVIDIA GPUs are present and is skipped (no GPU) elsewhere.
 test: setup
+	$(PY) -m ladder.system sandbox test
 	$(PY) -m pytest tests
 
 unit: setup
