@@ -3,6 +3,8 @@
 
     python3 gpu/collect.py summary RESULTS               # every figure, a few lines per stage
     python3 gpu/collect.py pack RESULTS OUT.tgz [--max-mib 15]
+    python3 gpu/collect.py phases RUN                     # RUN/phases.json from its vLLM logs (ladder.timeline)
+    python3 gpu/collect.py withdraw VERDICT CHECK WHY     # a figure found wrong after the run, marked in place
 
 `pack` keeps verdicts, measurements (bench/e2e/scaling/roofline/nodes/versions JSON, raw
 `vllm bench` JSON, monitor CSV), the report (HTML, PNG) and the last 200 KB of every log;
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 import tarfile
 from pathlib import Path
@@ -133,7 +136,56 @@ def pack(results: Path, out: Path, max_mib: float = 15) -> int:
     return 0
 
 
+def phases(run: Path) -> int:
+    """Start-up phases of each serving stage, re-read from the committed vLLM logs by today's parser.
+
+    For a results copy whose report predates a parser fix: the figures a summary quotes then come
+    from this file (and the command that wrote it), not from a hand re-count."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from ladder.timeline import vllm_phases
+
+    out: dict[str, Any] = {"command": f"python3 gpu/collect.py phases {run}", "parser": "ladder.timeline.vllm_phases"}
+    for stage in ("single", "multinode"):
+        log, verdict = run / "logs" / f"{stage}-vllm-serve.log", _load(run / stage / "verdict.json")
+        if not log.exists() or not verdict:
+            continue
+        found = vllm_phases(log)
+        healthy = float(verdict["metrics"].get("time_to_healthy_s", 0))
+        out[stage] = found | {"time_to_healthy": healthy,
+                              "api_ready_rest": round(max(healthy - sum(found.values()), 0.0), 2)}
+        text = log.read_text(errors="replace")
+        for key, pattern in (("weights_gib", r"Model loading took ([0-9.]+) GiB"),
+                             ("kv_cache_gib", r"Available KV cache memory: ([0-9.]+) GiB"),
+                             ("kv_cache_tokens", r"KV cache size: ([0-9,]+) tokens")):
+            if m := re.search(pattern, text):
+                out[stage][key] = float(m.group(1).replace(",", ""))
+    (run / "phases.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def withdraw(path: Path, check: str, why: str) -> int:
+    """Mark a check of a committed verdict as withdrawn (a parser bug found after the run):
+    its value moves into `amendments` with the reason, so no summary can quote it as measured."""
+    v = json.loads(path.read_text())
+    hits = [c for c in v["checks"] if c["name"] == check]
+    if not hits:
+        print(f"{path}: no check {check!r}", file=sys.stderr)
+        return 1
+    for c in hits:
+        v.setdefault("amendments", []).append({"check": check, "was": c["value"], "why": why,
+                                               "command": f"python3 gpu/collect.py withdraw {path} {check} ..."})
+        c["ok"], c["value"], c["detail"] = None, None, f"withdrawn: {why}"
+    v["metrics"].pop(check, None)
+    path.write_text(json.dumps(v, indent=2) + "\n")
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 4 and argv[0] == "withdraw":
+        return withdraw(Path(argv[1]), argv[2], argv[3])
+    if len(argv) >= 2 and argv[0] == "phases":
+        return phases(Path(argv[1]))
     if len(argv) >= 2 and argv[0] == "summary":
         print(summary(Path(argv[1])))
         return 0
