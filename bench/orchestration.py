@@ -23,7 +23,6 @@ tuned/default measured in the same invocation.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import hashlib
 import json
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from snakemake.utils import update_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -59,16 +59,9 @@ CTLD = re.compile(r"^\[(\S+)\] (?:_slurm_rpc_submit_batch_job: JobId=(\d+) "
                   r"|_job_complete: JobId=(\d+) done)")
 
 
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def bench_config(nodes: int) -> dict[str, Any]:
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text()) or {}
-    cfg = deep_merge(cfg, {"cluster": {"nodes": nodes}})
+    update_config(cfg, {"cluster": {"nodes": nodes}})
     prefix = Path(cfg.get("env", {}).get("prefix", ".venv"))
     cfg.setdefault("env", {})["prefix"] = str(prefix if prefix.is_absolute() else ROOT / prefix)
     return cfg

@@ -44,7 +44,7 @@ def partition_nodes():
     if config["cluster"]["partition"]:
         cmd += ["-p", config["cluster"]["partition"]]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    return ",".join(sorted(n for spec in out.stdout.split() for n in expand_nodelist(spec)))
+    return ",".join(sorted(expand_nodelist(",".join(out.stdout.split()))))
 
 
 # Needed by the fingerprint, the env stage and every retry's node count: one sinfo per run.

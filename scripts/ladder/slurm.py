@@ -3,58 +3,23 @@
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
+def expand_nodelist(nodelist: str) -> list[str]:
+    """Host names of a Slurm hostlist such as ``n[1-3,7],gpu-a``, expanded by Slurm itself.
 
-def expand_nodelist(spec: str) -> list[str]:
-    """Expand a Slurm hostlist such as ``n[1-3,7],gpu-[01-02]x`` into host names.
-
-    Pure Python so it is testable and works where ``scontrol`` is absent; zero padding kept.
+    One ``scontrol show hostnames`` call for the whole list (it needs only a slurm.conf,
+    no controller); callers run where Slurm is installed (inside a job, or after ``sinfo``).
     """
-    out: list[str] = []
-    for part in _split_top(spec.strip()):
-        m = re.fullmatch(r"([^\[\]]*)\[([^\]]+)\](.*)", part)
-        if not m:
-            if part:
-                out.append(part)
-            continue
-        prefix, body, suffix = m.groups()
-        for item in body.split(","):
-            r = _RANGE.match(item.strip())
-            if not r:
-                raise ValueError(f"bad range {item!r} in node list {spec!r}")
-            lo, hi = r.group(1), r.group(2) or r.group(1)
-            if int(hi) < int(lo):
-                raise ValueError(f"descending range {item!r} in node list {spec!r}")
-            width = len(lo)
-            for i in range(int(lo), int(hi) + 1):
-                for tail in expand_nodelist(suffix) if "[" in suffix else [suffix]:
-                    out.append(f"{prefix}{i:0{width}d}{tail}")
-    return out
-
-
-def _split_top(spec: str) -> list[str]:
-    """Split on commas outside brackets."""
-    parts, depth, cur = [], 0, ""
-    for ch in spec:
-        if ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-            if depth < 0:
-                raise ValueError(f"unbalanced ']' in node list {spec!r}")
-        if ch == "," and depth == 0:
-            parts.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    if depth:
-        raise ValueError(f"unbalanced '[' in node list {spec!r}")
-    parts.append(cur)
-    return parts
+    if not nodelist.strip():
+        return []
+    out = subprocess.run(["scontrol", "show", "hostnames", nodelist.strip()], capture_output=True, text=True,
+                         timeout=30)
+    # scontrol exits 0 on a bad list and only says so on stderr.
+    if out.returncode != 0 or out.stderr.strip():
+        raise ValueError(f"scontrol cannot expand node list {nodelist!r}: {out.stderr.strip()}")
+    return out.stdout.split()
 
 
 def job_id() -> str:
