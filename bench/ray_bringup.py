@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from ladder import slurm  # noqa: E402
-from ladder.raycluster import RayCluster, Spec, node_env, ray_start_cmd, wait_tcp  # noqa: E402
+from ladder.poll import poll, tcp_open  # noqa: E402
+from ladder.raycluster import RayCluster, Spec  # noqa: E402
+from ladder.raycommand import node_env, ray_start_cmd  # noqa: E402
 from ladder.verdict import write_json  # noqa: E402
 
 HEAD_SLEEP, WORKER_SLEEP = 10, 5  # slurm-basic.sh
@@ -75,7 +77,7 @@ def template_way(spec: Spec) -> tuple[float, bool]:
             time.sleep(WORKER_SLEEP)
         declared = time.monotonic() - t0
         joined = False
-        if wait_tcp(spec.addrs[spec.head], spec.ports["gcs"], time.monotonic() + 5):
+        if poll(lambda: tcp_open(spec.addrs[spec.head], spec.ports["gcs"]), 5):
             ray.init(address=spec.address, _node_ip_address=spec.addrs[spec.head], logging_level="warning",
                      log_to_driver=False)
             joined = sum(n["Alive"] for n in ray.nodes()) == len(spec.nodes)

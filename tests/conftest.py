@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from snakemake.utils import update_config
@@ -80,8 +81,8 @@ class Sandbox:
         out = []
         for pid in pids_in_namespaces(self.instance):
             try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
+                cmd = " ".join(psutil.Process(pid).cmdline())
+            except psutil.Error:
                 continue
             if cmd and not cmd.startswith(("slurmd", "/usr/sbin/slurmd")):
                 out.append(f"{pid}: {cmd[:160]}")

@@ -20,15 +20,18 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
+
 from ladder.logs import tail
+from ladder.poll import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,13 +95,12 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def pid_alive(pid: int, name: str | None = None) -> bool:
+    """Running (not a zombie), and when a name is given, its command line mentions it."""
     try:
-        comm = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
+        p = psutil.Process(pid)
+        return p.status() != psutil.STATUS_ZOMBIE and (name is None or name in " ".join(p.cmdline()))
+    except psutil.Error:
         return False
-    if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-        return False
-    return name is None or name in comm
 
 
 def load_state(state_dir: Path) -> State | None:
@@ -302,20 +304,8 @@ def our_namespaces(instance: int) -> list[str]:
 
 def pids_in_namespaces(instance: int) -> list[int]:
     """Every process whose network namespace is one of ours (job steps, Ray, vLLM, slurmd)."""
-    inodes = set()
-    for ns in our_namespaces(instance):
-        with contextlib.suppress(OSError):
-            inodes.add(os.stat(f"/run/netns/{ns}").st_ino)
-    out = []
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            if os.stat(p / "ns" / "net").st_ino in inodes:
-                out.append(int(p.name))
-        except OSError:
-            continue
-    return out
+    return [int(pid) for ns in our_namespaces(instance)
+            for pid in sh("ip", "netns", "pids", ns, check=False).stdout.split()]
 
 
 def net_down(instance: int) -> None:
@@ -333,15 +323,9 @@ def spawn(cmd: list[str], log: Path, env: dict[str, str]) -> int:
     return proc.pid
 
 
-def wait_for(what: str, pred, timeout: float, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
-    raise SandboxError(f"{what} not ready after {timeout:.0f}s; last lines of {log}:\n{tail(log)}")
+def wait_for(what: str, pred: Callable[[], bool], timeout: float, log: Path) -> None:
+    if not poll(pred, timeout):
+        raise SandboxError(f"{what} not ready after {timeout:.0f}s; last lines of {log}:\n{tail(log)}")
 
 
 def munge_ok() -> bool:
@@ -433,16 +417,19 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
 
 
 def stop_pids(pids: list[int], grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL whatever is still running after ``grace`` seconds."""
+    procs = []
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-        time.sleep(0.2)
-    for pid in pids:
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs.append(psutil.Process(pid))
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=grace)
 
 
 def down(state_dir: Path, instance: int = 0, quiet: bool = False) -> None:
