@@ -23,6 +23,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/config.smk"
 include: "rules/env.smk"
 include: "rules/probe.smk"
 include: "rules/ray.smk"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from ladder import preflight  # noqa: E402
+from ladder import preflight, stageconfig  # noqa: E402
 from ladder.slurm import expand_nodelist  # noqa: E402
 
 PREFIX = Path(config["env"]["prefix"]).resolve()
@@ -20,13 +20,6 @@ BOOT_PY = f"env PYTHONPATH={Path(workflow.basedir) / 'scripts'} {sys.executable}
 # Shared cache: the tiny model and vLLM/inductor compile caches, reused across runs.
 CACHE = str(Path(workflow.basedir) / ".cache")
 LOCK = str(Path(workflow.basedir) / "envs" / f"{config['env']['flavor']}.lock.txt")
-
-
-def config_hash(*sections):
-    """Hash of the config sections a stage depends on: editing bench settings must not
-    re-run env, probe or ray (the hash is a param, so a change re-runs the stage)."""
-    picked = {k: config[k] for k in sections} if sections else config
-    return hashlib.sha256(json.dumps(picked, sort_keys=True).encode()).hexdigest()[:12]
 
 
 NODES = config["cluster"]["nodes"]
@@ -65,22 +58,17 @@ def env_fingerprint():
     return h.hexdigest()[:16]
 
 
+def config_hash(stage):
+    """Hash of the config sections the stage reads (ladder.stageconfig): a param, so editing
+    one of them re-runs the stage and editing any other section does not."""
+    return stageconfig.config_hash(stage, config)
 
 
-def stage_config(stage, *sections):
-    """Params `hash` (of the sections the stage depends on) and `config`: the validated config
-    (defaults filled) for its script, named by that hash, so editing an unrelated section
-    neither renames it nor re-runs the stage."""
-    digest = config_hash(*sections)
-    path = Path("results/.config") / f"{stage}-{digest}.json"
-    text = json.dumps(config, indent=1, sort_keys=True)
-    if not path.exists() or path.read_text() != text:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return {"hash": digest, "config": str(path)}
+def stage_config(stage):
+    """The stage's config file (written by rule stage_config), an input of the stage."""
+    return f"results/.config/{stage}.json"
 
 
-CONDA_ENV = f"../envs/{config['env']['flavor']}.conda.yaml"
 # What every stage's shell needs; passed as params so provenance tracks them.
 COMMON = {"py": PY}
 
@@ -150,3 +138,4 @@ def stage_resources(nodes=1, mpi=False, gpus=True, mem_mb=None, runtime=None):
         # available"); 0 leaves it out.
         res["tasks_per_gpu"] = 0
     return res
+

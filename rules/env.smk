@@ -2,6 +2,7 @@ rule env:
     """Build or verify the pinned environment on a compute node; record versions (versions.json)."""
     output:
         verdict="results/env/verdict.json",
+        versions="results/env/versions.json",
     params:
         fingerprint=env_fingerprint(),
         nodes=PARTITION_NODES,
@@ -11,17 +12,14 @@ rule env:
         lock=LOCK,
         flavor=config["env"]["flavor"],
         hash=config_hash("env"),
-        versions=lambda w, output: Path(output.verdict).with_name("versions.json"),
     log:
         "results/logs/env/env.log",
     benchmark:
         "results/benchmarks/env.tsv"
-    conda:
-        CONDA_ENV
     retries: FAULTS["retries"]
     resources:
         **stage_resources(nodes=1, gpus=False, mem_mb=2000),
     shell:
         "{params.boot_py} -m ladder.envcheck --prefix {params.prefix} --lock {params.lock}"
         " --flavor {params.flavor} {params.build} --nodes '{params.nodes}' --config-hash {params.hash}"
-        " --versions-out {params.versions} --verdict {output.verdict} > {log} 2>&1"
+        " --versions-out {output.versions} --verdict {output.verdict} > {log} 2>&1"

@@ -2,11 +2,18 @@ rule multinode:
     """vLLM over Ray across nodes (TP in a node, PP across), e2e suite, bench, scaling vs single."""
     input:
         gate=rules.single.output.verdict,
+        probe=rules.probe.output.nodes,
+        reference=rules.single.output.outputs,
+        single_bench=rules.single.output.bench,
+        config=stage_config("multinode"),
     output:
         verdict="results/multinode/verdict.json",
+        bench="results/multinode/bench.json",
+        scaling="results/multinode/scaling.json",
+        monitor=directory("results/multinode/monitor"),
     params:
         **COMMON,
-        **stage_config("multinode", "cluster", "ray", "model", "parallel", "serve", "bench", "references", "faults"),
+        hash=config_hash("multinode"),
         cache=CACHE,
         out_dir=lambda w, output: Path(output.verdict).parent,
         log_dir="results/logs/multinode",
@@ -15,12 +22,10 @@ rule multinode:
         "results/logs/multinode/multinode.log",
     benchmark:
         "results/benchmarks/multinode.tsv"
-    conda:
-        CONDA_ENV
     retries: FAULTS["retries"]
     resources:
         **stage_resources(nodes=NODES, mpi=True),
     shell:
         "{params.py} -m ladder.multistage --gate {input.gate} --results {params.results}"
-        " --config {params.config} --cache {params.cache} --out-dir {params.out_dir}"
+        " --config {input.config} --cache {params.cache} --out-dir {params.out_dir}"
         " --log-dir {params.log_dir} --config-hash {params.hash} > {log} 2>&1"

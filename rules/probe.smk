@@ -4,9 +4,10 @@ rule probe:
         gate=rules.env.output.verdict,
     output:
         verdict="results/probe/verdict.json",
+        nodes="results/probe/nodes.json",
     params:
         **COMMON,
-        hash=config_hash("cluster"),
+        hash=config_hash("probe"),
         out_dir=lambda w, output: Path(output.verdict).parent,
         log_dir="results/logs/probe",
         nodes=NODES,
@@ -15,8 +16,6 @@ rule probe:
         "results/logs/probe/probe.log",
     benchmark:
         "results/benchmarks/probe.tsv"
-    conda:
-        CONDA_ENV
     retries: FAULTS["retries"]
     resources:
         **stage_resources(nodes=NODES, mpi=True, mem_mb=1000),
@@ -26,4 +25,4 @@ rule probe:
         "   {params.py} -m ladder.probe node --out-dir {params.out_dir}/nodes --shared ."
         " ; {params.py} -m ladder.probe summarize --node-dir {params.out_dir}/nodes"
         "   --expected-nodes $({params.py} -m ladder.slurm nodes) --gpus-per-node {params.gpus}"
-        "   --config-hash {params.hash} --out {params.out_dir}/nodes.json --verdict {output.verdict}) > {log} 2>&1"
+        "   --config-hash {params.hash} --out {output.nodes} --verdict {output.verdict}) > {log} 2>&1"

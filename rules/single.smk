@@ -2,11 +2,15 @@ rule single:
     """One node: vllm serve (TP inside the node), smoke requests, greedy outputs, bench baseline."""
     input:
         gate=rules.ray.output.verdict,
+        config=stage_config("single"),
     output:
         verdict="results/single/verdict.json",
+        bench="results/single/bench.json",
+        outputs="results/single/outputs.json",
+        monitor=directory("results/single/monitor"),
     params:
         **COMMON,
-        **stage_config("single", "cluster", "model", "serve", "bench", "references"),
+        hash=config_hash("single"),
         cache=CACHE,
         out_dir=lambda w, output: Path(output.verdict).parent,
         log_dir="results/logs/single",
@@ -15,12 +19,10 @@ rule single:
         "results/logs/single/single.log",
     benchmark:
         "results/benchmarks/single.tsv"
-    conda:
-        CONDA_ENV
     retries: FAULTS["retries"]
     resources:
         **stage_resources(nodes=1),
     shell:
         "{params.py} -m ladder.singlestage --gate {input.gate} --results {params.results}"
-        " --config {params.config} --cache {params.cache} --out-dir {params.out_dir}"
+        " --config {input.config} --cache {params.cache} --out-dir {params.out_dir}"
         " --log-dir {params.log_dir} --config-hash {params.hash} > {log} 2>&1"

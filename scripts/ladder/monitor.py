@@ -8,6 +8,7 @@ written as the last row, so its cost is a number, not a guess.
 from __future__ import annotations
 
 import csv
+import os
 import threading
 import time
 from pathlib import Path
@@ -19,14 +20,22 @@ FIELDS = ["t", "node", "cpu_pct", "mem_used_mib", "mem_pct", "net_rx_mb", "net_t
           "gpu", "gpu_util_pct", "gpu_mem_used_mib", "gpu_power_w", "gpu_temp_c", "gpu_sm_clock_mhz"]
 
 
+def visible_indices(cvd: str | None, count: int) -> list[int]:
+    """NVML indices this job may use: CUDA_VISIBLE_DEVICES (PCI bus order ordinals), else all.
+
+    NVML ignores CUDA_VISIBLE_DEVICES and lists every GPU of the host; without a cgroup
+    device constraint the job's own GPUs are only named by that variable. UUIDs and
+    non-numeric entries are left to the caller (matched against NVML UUIDs).
+    """
+    if cvd is None:
+        return list(range(count))
+    return [int(x) for x in map(str.strip, cvd.split(",")) if x.isdigit() and int(x) < count]
+
+
 def _gpu_handles() -> list[tuple[int, Any]]:
     """(NVML index, handle) of this job's GPUs: CUDA_VISIBLE_DEVICES when set (NVML lists the whole host)."""
     try:
-        import os
-
         import pynvml
-
-        from ladder.probe import visible_indices
 
         pynvml.nvmlInit()
         wanted = visible_indices(os.environ.get("CUDA_VISIBLE_DEVICES"), pynvml.nvmlDeviceGetCount())

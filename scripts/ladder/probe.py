@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from ladder.monitor import visible_indices
 from ladder.verdict import Verdict, write_json
 
 
@@ -47,22 +48,6 @@ def nics() -> list[dict[str, Any]]:
             "ipv6": [a.address for a in addrs if a.family == socket.AF_INET6],
             "infiniband": Path(f"/sys/class/net/{name}/device/infiniband").exists(),
         })
-    return out
-
-
-def visible_indices(cvd: str | None, count: int) -> list[int]:
-    """NVML indices this job may use: CUDA_VISIBLE_DEVICES (PCI bus order ordinals), else all.
-
-    NVML ignores CUDA_VISIBLE_DEVICES and lists every GPU of the host; without a cgroup
-    device constraint the job's own GPUs are only named by that variable. UUIDs and
-    non-numeric entries are left to the caller (matched against NVML UUIDs).
-    """
-    if cvd is None:
-        return list(range(count))
-    out = []
-    for item in (x.strip() for x in cvd.split(",")):
-        if item.isdigit() and int(item) < count:
-            out.append(int(item))
     return out
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ladder.probe import summarize, visible_indices
+from ladder.monitor import visible_indices
+from ladder.probe import summarize
 from ladder.verdict import Verdict
 
 pytestmark = pytest.mark.unit
