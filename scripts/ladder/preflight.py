@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ladder.plan import PlanError, make_plan, model_shape
-from ladder.slurm import PORTS_PER_JOB
+from ladder.slurm import job_ports
 
 
 def problems(config: dict[str, Any], basedir: Path) -> list[str]:
@@ -33,11 +33,10 @@ def problems(config: dict[str, Any], basedir: Path) -> list[str]:
     key_file = config["serve"]["api_key_file"]
     if key_file and not Path(key_file).is_file():
         out.append(f"serve.api_key_file: {key_file} does not exist (the API key is read from it)")
-    ray = config["ray"]
-    if ray["port_range"] < 5 * PORTS_PER_JOB:
-        out.append(f"ray.port_range={ray['port_range']}: too small, needs at least {5 * PORTS_PER_JOB} ports")
-    if ray["port_base"] + ray["port_range"] > 65535:
-        out.append(f"ray.port_base + ray.port_range = {ray['port_base'] + ray['port_range']} exceeds 65535")
+    try:
+        job_ports(0, config["ray"]["port_base"], config["ray"]["port_range"])
+    except ValueError as err:
+        out.append(f"ray.port_base/ray.port_range: {err}")
     flavor = config["env"]["flavor"]
     if not (basedir / "envs" / f"{flavor}.lock.txt").exists():
         out.append(f"env.flavor={flavor}: envs/{flavor}.lock.txt does not exist")

@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 
 from ladder.monitor import visible_indices
+from ladder.raycommand import primary_nic
 from ladder.verdict import Verdict, write_json
 
 
@@ -124,13 +125,9 @@ def probe_node(shared: Path) -> dict[str, Any]:
 
 
 def primary_ipv4(node: dict[str, Any]) -> str | None:
-    """The first non-loopback IPv4 address of an up interface."""
-    for nic in node["nics"]:
-        if nic["up"] and nic["name"] != "lo":
-            for ip in nic["ipv4"]:
-                if not ip.startswith("127."):
-                    return ip
-    return None
+    """The address Ray and vLLM will use on this node (ladder.raycommand.primary_nic)."""
+    nic = primary_nic(node)
+    return nic[1] if nic else None
 
 
 def summarize(node_dir: Path, expected_nodes: list[str], gpus_per_node: int, v: Verdict) -> list[dict[str, Any]]:

@@ -46,16 +46,19 @@ class Spec:
         return f"/tmp/ladder-ray-{self.job}-{node}"
 
 
+def primary_nic(node: dict[str, Any]) -> tuple[str, str] | None:
+    """(interface, IPv4) of a probed node's first up, non-loopback interface with an IPv4."""
+    for nic in node["nics"]:
+        ips = [ip for ip in nic["ipv4"] if not ip.startswith("127.")]
+        if nic["up"] and nic["name"] != "lo" and ips:
+            return nic["name"], ips[0]
+    return None
+
+
 def addresses_from_probe(probe_nodes: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
-    """Each node's first non-loopback IPv4 and its interface, as the probe saw them."""
-    addrs, ifaces = {}, {}
-    for node in probe_nodes:
-        for nic in node["nics"]:
-            ips = [ip for ip in nic["ipv4"] if not ip.startswith("127.")]
-            if nic["up"] and nic["name"] != "lo" and ips:
-                addrs[node["slurm_node"]], ifaces[node["slurm_node"]] = ips[0], nic["name"]
-                break
-    return addrs, ifaces
+    """node -> address and node -> its interface, as the probe saw them (nodes without one left out)."""
+    found = {n["slurm_node"]: nic for n in probe_nodes if (nic := primary_nic(n))}
+    return {n: ip for n, (_, ip) in found.items()}, {n: iface for n, (iface, _) in found.items()}
 
 
 def ray_start_cmd(spec: Spec, node: str) -> list[str]:

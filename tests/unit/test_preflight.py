@@ -89,9 +89,10 @@ def test_plan_violation(basedir):
 
 def test_port_range_checks(basedir):
     c = cfg(ray={"port_base": 50000, "port_range": 20000})
-    assert preflight.problems(c, basedir) == ["ray.port_base + ray.port_range = 70000 exceeds 65535"]
+    assert preflight.problems(c, basedir) == ["ray.port_base/ray.port_range: port range 50000+20000 exceeds 65535"]
     c["ray"].update(port_base=20000, port_range=100)  # below the schema's minimum, e.g. a hand-built dict
-    assert preflight.problems(c, basedir) == ["ray.port_range=100: too small, needs at least 200 ports"]
+    assert preflight.problems(c, basedir) == [
+        "ray.port_base/ray.port_range: port range 100 too small: needs at least 200 ports"]
 
 
 def test_missing_lock_for_flavor(basedir):
