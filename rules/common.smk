@@ -1,7 +1,6 @@
 # Helpers shared by every stage: paths, the stage interpreter, resources and the
 # checks that must fail before any Slurm job is submitted.
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -10,7 +9,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
 from ladder import preflight, stageconfig  # noqa: E402
-from ladder.slurm import expand_nodelist  # noqa: E402
 
 PREFIX = Path(config["env"]["prefix"]).resolve()
 # Every stage after env runs in the environment env verified.
@@ -33,11 +31,11 @@ def partition_nodes():
     """The partition's nodes: part of the environment fingerprint."""
     if not shutil.which("sinfo"):
         return ""
-    cmd = ["sinfo", "-h", "-o", "%N"]
+    cmd = ["sinfo", "-h", "-N", "-o", "%N"]  # -N: one line per node, no host list to expand
     if config["cluster"]["partition"]:
         cmd += ["-p", config["cluster"]["partition"]]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-    return ",".join(sorted(expand_nodelist(",".join(out.stdout.split()))))
+    return ",".join(sorted(set(out.stdout.split())))
 
 
 # Needed by the fingerprint, the env stage and every retry's node count: one sinfo per run.
