@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import psutil
 
+from ladder import system
 from ladder.logs import tail
 from ladder.poll import poll
 
@@ -52,7 +52,6 @@ def ns_prefix(instance: int) -> str:
 
 def veth(instance: int, node: str) -> str:
     return f"l{instance}-{node}"
-APT_PACKAGES = ["slurm-wlm", "munge", "iproute2", "util-linux"]
 
 
 @dataclass
@@ -113,20 +112,6 @@ def load_state(state_dir: Path) -> State | None:
 
 def save_state(state_dir: Path, state: State) -> None:
     (state_dir / "state.json").write_text(json.dumps(asdict(state), indent=1))
-
-
-# ---------------------------------------------------------------- installation
-def ensure_packages() -> None:
-    missing = [b for b in ("slurmctld", "slurmd", "munged", "nsenter", "unshare", "ip") if not shutil.which(b)]
-    if not missing:
-        return
-    print(f"installing {APT_PACKAGES} (missing: {missing})", flush=True)
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *APT_PACKAGES], check=True, env=env)
-    # Debian starts the services on install; the sandbox runs its own.
-    for svc in ("slurmctld", "slurmd", "munge"):
-        subprocess.run(["service", svc, "stop"], capture_output=True)
 
 
 # ---------------------------------------------------------------- config files
@@ -369,7 +354,7 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
             return old
     if old or our_namespaces(spec.instance):
         down(state_dir, spec.instance, quiet=True)
-    ensure_packages()
+    system.ensure("sandbox")
     state_dir.mkdir(parents=True, exist_ok=True)
     conf = write_configs(spec, state_dir)
     env = slurm_env(state_dir)
