@@ -67,10 +67,25 @@ class RayCluster:
 
         deadline = self.started + self.spec.join_timeout_s
         head_ip = self.spec.addrs[self.spec.head]
-        if not poll(lambda: tcp_open(head_ip, self.spec.ports["gcs"]), deadline - time.monotonic()):
+
+        def connected() -> bool:
+            # The GCS port opens before the GCS serves: under load ray.init can give up
+            # ("Failed to connect to GCS", even InvalidAuthToken) on a head that is still starting.
+            if self.exited():
+                raise ClusterError(self.diagnose("start-head", [self.spec.head]), [self.spec.head])
+            if not tcp_open(head_ip, self.spec.ports["gcs"]):
+                return False
+            try:
+                ray.init(address=self.spec.address, _node_ip_address=head_ip, logging_level="warning",
+                         log_to_driver=False)
+                return True
+            except ConnectionError as err:
+                print(f"head not serving yet: {str(err).splitlines()[-1][:200]}", flush=True)
+                ray.shutdown()
+                return False
+
+        if not poll(connected, deadline - time.monotonic()):
             raise ClusterError(self.diagnose("start-head", [self.spec.head]), [self.spec.head])
-        ray.init(address=self.spec.address, _node_ip_address=head_ip, logging_level="warning",
-                 log_to_driver=False)
         joined: dict[str, Any] = {}
 
         def all_joined() -> bool:
