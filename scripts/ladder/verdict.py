@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,11 +73,19 @@ class Verdict:
         self.finished = now()
         path = Path(path)
         write_json(path, asdict(self))
-        # Snakemake deletes a failed job's declared output (verdict.json, so the next run
-        # re-runs this stage); the copy stays for the user, with the stage's measurements.
+        # Snakemake deletes a failed job's declared outputs (the verdict, so the next run re-runs
+        # this stage, and the measurements the report reads); copies stay for the user.
         failed_copy = path.with_name("verdict.failed.json")
+        kept = path.with_name("failed")
+        shutil.rmtree(kept, ignore_errors=True)
         if self.status == "fail":
             write_json(failed_copy, asdict(self))
+            for f in path.parent.iterdir():
+                if f.is_dir():
+                    shutil.copytree(f, kept / f.name, dirs_exist_ok=True)
+                elif f.suffix in (".json", ".csv") and f.name not in (path.name, failed_copy.name):
+                    kept.mkdir(exist_ok=True)
+                    shutil.copy2(f, kept / f.name)
         else:
             failed_copy.unlink(missing_ok=True)
         print(f"[{self.stage}] verdict: {self.status}"

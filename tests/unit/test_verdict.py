@@ -135,3 +135,19 @@ def test_reference_with_both_bounds_open():
     v = Verdict("single")
     assert reference_check(v, "m", 1e9, {"m": [1.0, None, None, "x"]}) is True
     assert math.isinf(float(v.checks[-1].detail.split("[")[1].split(",")[0]))
+
+
+def test_failed_stage_keeps_its_measurements_beside_the_outputs_snakemake_deletes(tmp_path):
+    stage = tmp_path / "single"
+    (stage / "monitor").mkdir(parents=True)
+    (stage / "bench.json").write_text("{}")
+    (stage / "monitor" / "n1.csv").write_text("t,node\n")
+    v = Verdict("single")
+    v.check("healthy", True)
+    v.check("perf:x", False)
+    assert v.finish(stage / "verdict.json") == 1
+    assert (stage / "failed" / "bench.json").exists() and (stage / "failed" / "monitor" / "n1.csv").exists()
+    v = Verdict("single")
+    v.check("healthy", True)
+    assert v.finish(stage / "verdict.json") == 0
+    assert not (stage / "failed").exists()  # a pass clears the copies of an earlier failure
