@@ -12,6 +12,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ladder.logs import last_run
+
 _TS = re.compile(r"(\d\d-\d\d \d\d:\d\d:\d\d)")
 # CPU builds print "Initializing model" + "Loading weights"; CUDA builds one "Model loading
 # took <GiB> and <s> seconds" line; "torch.compile takes" became "took" in later releases.
@@ -31,8 +33,6 @@ def _ts(line: str) -> datetime | None:
 
 def vllm_phases(log: Path) -> dict[str, float]:
     """Seconds per start-up phase from one `vllm serve` log (missing phases are left out)."""
-    from ladder.vllmserver import last_run
-
     try:
         lines = last_run(log)
     except OSError:
