@@ -7,11 +7,13 @@ number of requests, each with a timeout, all to the service's loopback address.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import time
+from dataclasses import asdict
 from typing import Any
 
 from ladder.verdict import Verdict
-from ladder.vllmserver import Server, smoke
+from ladder.vllmserver import Server, attempt, smoke
 
 
 def outputs_equal(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> list[str]:
@@ -23,37 +25,39 @@ def outputs_equal(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> list
 def run_suite(v: Verdict, srv: Server, reference_outputs: list[dict[str, Any]] | None,
               clients: int = 16) -> dict[str, Any]:
     t0 = time.monotonic()
-    model = srv.served_name
-    status, body = srv.request("/v1/models")
-    names = [m["id"] for m in body.get("data", [])] if status == 200 else []
+    first = len(v.checks)
+    client, model = srv.client, srv.served_name
+    status, r = attempt(client.models.list)
+    names = [m.id for m in r] if status == 200 else []
     v.check("models_list", model in names, names, [model])
     smoke(v, srv)
 
     # max_tokens is honoured exactly (ignore_eos so the model cannot stop early).
-    status, body = srv.request("/v1/completions", {"model": model, "prompt": "The", "max_tokens": 7,
-                                                   "temperature": 0, "ignore_eos": True})
-    got = body["usage"]["completion_tokens"] if status == 200 else None
-    v.check("max_tokens", got == 7 and body["choices"][0]["finish_reason"] == "length", got, 7, "tokens")
+    status, r = attempt(lambda: client.completions.create(model=model, prompt="The", max_tokens=7, temperature=0,
+                                                          extra_body={"ignore_eos": True}))
+    got = r.usage.completion_tokens if status == 200 else None
+    v.check("max_tokens", got == 7 and r.choices[0].finish_reason == "length", got, 7, "tokens")
 
     # A stop string ends generation and is not returned.
-    status, body = srv.request("/v1/completions", {"model": model, "prompt": "The GNU General Public License is",
-                                                   "max_tokens": 32, "temperature": 0})
-    text = body["choices"][0]["text"] if status == 200 else ""
+    prompt = "The GNU General Public License is"
+    status, r = attempt(lambda: client.completions.create(model=model, prompt=prompt, max_tokens=32, temperature=0))
+    text = r.choices[0].text if status == 200 else ""
     stop = text[3:6] if len(text) >= 6 else None
     if stop and stop.strip():
-        status, body = srv.request("/v1/completions", {"model": model, "max_tokens": 32, "temperature": 0,
-                                                       "prompt": "The GNU General Public License is", "stop": [stop]})
-        choice = body["choices"][0] if status == 200 else {}
-        v.check("stop_string", choice.get("finish_reason") == "stop" and stop not in choice.get("text", "x"),
-                choice.get("text"), f"text before {stop!r}", detail=f"finish_reason={choice.get('finish_reason')}")
+        status, r = attempt(lambda: client.completions.create(model=model, prompt=prompt, max_tokens=32,
+                                                              temperature=0, stop=[stop]))
+        choice = r.choices[0] if status == 200 else None
+        v.check("stop_string", bool(choice and choice.finish_reason == "stop" and stop not in choice.text),
+                choice and choice.text, f"text before {stop!r}",
+                detail=f"finish_reason={choice.finish_reason}" if choice else f"status {status}: {r}"[:200])
     else:
         v.check("stop_string", None, text, detail="greedy text too short or blank to pick a stop string")
 
     # Many concurrent clients: all succeed.
+    patient = client.with_options(timeout=300)
+
     def one(i: int) -> int:
-        s, _ = srv.request("/v1/completions", {"model": model, "prompt": f"Request {i}:", "max_tokens": 16},
-                           timeout=300)
-        return s
+        return attempt(lambda: patient.completions.create(model=model, prompt=f"Request {i}:", max_tokens=16))[0]
 
     with cf.ThreadPoolExecutor(clients) as pool:
         statuses = list(pool.map(one, range(clients * 2)))
@@ -61,19 +65,22 @@ def run_suite(v: Verdict, srv: Server, reference_outputs: list[dict[str, Any]] |
     v.check("concurrent_clients", ok == len(statuses), ok, len(statuses), "requests",
             detail=f"{clients} clients; statuses {sorted(set(statuses))}")
 
-    # Malformed requests get a 4xx and the server stays up.
+    # Malformed requests get a 4xx and the server stays up (the first two cannot be sent by the client).
+    def create(**request: Any) -> int:
+        return attempt(lambda: client.completions.create(**request))[0]
+
+    url = "/v1/completions"
     bad = {
-        "invalid_json": (None, b"{not json"),
-        "missing_prompt": ({"model": model, "max_tokens": 4}, None),
-        "negative_max_tokens": ({"model": model, "prompt": "x", "max_tokens": -1}, None),
-        "unknown_model": ({"model": "no-such-model", "prompt": "x", "max_tokens": 1}, None),
-        "prompt_too_long": ({"model": model, "prompt": "word " * 5000, "max_tokens": 1}, None),
+        "invalid_json": srv.post_raw(url, srv.key, b"{not json"),
+        "missing_prompt": srv.post_raw(url, srv.key, json.dumps({"model": model, "max_tokens": 4}).encode()),
+        "negative_max_tokens": create(model=model, prompt="x", max_tokens=-1),
+        "unknown_model": create(model="no-such-model", prompt="x", max_tokens=1),
+        "prompt_too_long": create(model=model, prompt="word " * 5000, max_tokens=1),
     }
-    for name, (body_, raw) in bad.items():
-        status, _ = srv.request("/v1/completions", body_, raw=raw)
+    for name, status in bad.items():
         v.check(f"malformed:{name}", 400 <= status < 500, status, "4xx")
-    status, _ = srv.request("/health", key=None)
-    v.check("alive_after_malformed", status == 200, status, 200)
+    alive = srv.healthy()
+    v.check("alive_after_malformed", alive, alive, True)
 
     greedy = srv.greedy()
     if reference_outputs is None:
@@ -82,8 +89,9 @@ def run_suite(v: Verdict, srv: Server, reference_outputs: list[dict[str, Any]] |
         diff = outputs_equal(greedy, reference_outputs)
         v.check("outputs_match_single", not diff, len(greedy) - len(diff), len(greedy), "prompts identical",
                 detail=f"differ: {diff}" if diff else "greedy outputs byte-identical to the single stage")
+    # The suite's own cases only, not the checks the stage recorded before it.
     return {"duration_s": round(time.monotonic() - t0, 1), "greedy": greedy,
-            "cases": [c.__dict__ for c in v.checks]}
+            "cases": [asdict(c) for c in v.checks[first:]]}
 
 
 def soak(v: Verdict, srv: Server, seconds: float, clients: int) -> dict[str, Any]:
@@ -101,11 +109,9 @@ def soak(v: Verdict, srv: Server, seconds: float, clients: int) -> dict[str, Any
         n = 0
         while time.monotonic() < stop:
             t0 = time.monotonic()
-            try:
-                status, _ = srv.request("/v1/completions", {"model": srv.served_name, "prompt": f"Soak {i}.{n}:",
-                                                            "max_tokens": 16}, timeout=120)
-            except OSError:  # connection refused/reset: the server is gone
-                status = 0
+            status, _ = attempt(lambda n=n: srv.client.completions.create(model=srv.served_name,
+                                                                          prompt=f"Soak {i}.{n}:", max_tokens=16))
+            if status == 0:  # no response: the server is gone; do not spin
                 time.sleep(1)
             with lock:
                 counts["ok" if status == 200 else "failed"] += 1

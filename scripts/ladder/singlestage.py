@@ -6,6 +6,7 @@ outputs.json the reference the distributed split must reproduce token for token.
 
 from __future__ import annotations
 
+import argparse
 import json
 import socket
 import subprocess
@@ -14,12 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ladder import roofline, slurm
+from ladder import roofline, slurm, vllmserver
 from ladder.bench import run_sweep
 from ladder.logs import shorten
 from ladder.monitor import Sampler
 from ladder.verdict import Verdict, reference_check, require_gate, stage_parser, write_json
-from ladder.vllmserver import PROMPTS, Server, ServerError, api_key, cpu_env, resolve_model, serve_args, smoke
+from ladder.vllmserver import Server, ServerError, api_key, check_healthy, cpu_env, resolve_model, serve_args, smoke
 
 
 def metadata(cfg: dict[str, Any], versions: dict[str, Any], nodes: list[str], plan: dict[str, int],
@@ -60,6 +61,23 @@ def roofline_checks(v: Verdict, out_dir: Path, bandwidth: dict[str, Any] | None,
     v.metrics["roofline_ratio"] = summary["roofline_ratio"]
 
 
+def check(v: Verdict, a: argparse.Namespace, cfg: dict[str, Any], srv: Server, versions: dict[str, Any], tp: int,
+          bandwidth: dict[str, Any] | None) -> None:
+    """Smoke requests, the greedy reference outputs, the bench sweep and its reference checks."""
+    smoke(v, srv)
+    outputs, prompts = srv.greedy(), vllmserver.PROMPTS
+    write_json(a.out_dir / "outputs.json", {"model": srv.served_name, "prompts": prompts, "outputs": outputs})
+    v.check("greedy_outputs", all(o["completion_tokens"] > 0 for o in outputs), len(outputs), len(prompts))
+    results = run_sweep(srv.base, srv.served_name, srv.model_path, cfg["bench"], srv.key, a.out_dir / "raw",
+                        srv.log.parent / "bench.log")
+    meta = metadata(cfg, versions, v.nodes, {"tensor_parallel_size": tp, "pipeline_parallel_size": 1},
+                    a.config_hash, srv.served_name)
+    write_json(a.out_dir / "bench.json", {"metadata": meta, "results": results})
+    refs = cfg["references"].get(cfg["cluster"]["name"], {})
+    perf_checks(v, "single", results, refs)
+    roofline_checks(v, a.out_dir, bandwidth, results, srv.log, srv.model_path, cfg["model"]["dtype"], tp, refs)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser(__doc__, serving=True)
     a = ap.parse_args(argv)
@@ -74,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     env = cpu_env(a.cache.resolve()) if cfg["env"]["flavor"] == "cpu" else {}
     versions = json.loads((a.results / "env" / "versions.json").read_text())
     v.versions = {k: versions["versions"].get(k, "") for k in ("vllm", "torch", "ray")}
-    logs = a.log_dir / node
     sampler = Sampler(a.out_dir / "monitor" / f"{node}.csv", node, cfg["monitor"]["interval_s"])
     srv = None
     try:
@@ -90,24 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                 v.metrics["hbm_copy_s"] = round(bandwidth["median_s"], 6)
             except (RuntimeError, subprocess.TimeoutExpired, ValueError) as err:
                 v.check("hbm_bandwidth", None, detail=f"not measured: {err}"[:500])
-        srv = Server(model_path, served, ports["serve"], key, logs / "vllm-serve.log",
+        srv = Server(model_path, served, ports["serve"], key, a.log_dir / node / "vllm-serve.log",
                      args=serve_args(cfg, tp, 1, ray=False), env=env)
         sampler.start()
         srv.start()
-        healthy = srv.wait_healthy(cfg["serve"]["health_timeout_s"])
-        v.metrics["time_to_healthy_s"] = round(healthy, 1)
-        v.check("healthy", True, round(healthy, 1), f"< {cfg['serve']['health_timeout_s']}", "s")
-        smoke(v, srv)
-        outputs = srv.greedy()
-        write_json(a.out_dir / "outputs.json", {"model": served, "prompts": PROMPTS, "outputs": outputs})
-        v.check("greedy_outputs", all(o["completion_tokens"] > 0 for o in outputs), len(outputs), len(PROMPTS))
-        results = run_sweep(srv.base, served, model_path, cfg["bench"], key, a.out_dir / "raw", logs / "bench.log")
-        meta = metadata(cfg, versions, [node], {"tensor_parallel_size": tp, "pipeline_parallel_size": 1},
-                        a.config_hash, served)
-        write_json(a.out_dir / "bench.json", {"metadata": meta, "results": results})
-        refs = cfg["references"].get(cfg["cluster"]["name"], {})
-        perf_checks(v, "single", results, refs)
-        roofline_checks(v, a.out_dir, bandwidth, results, srv.log, model_path, cfg["model"]["dtype"], tp, refs)
+        healthy = check_healthy(v, srv, cfg["serve"]["health_timeout_s"])
+        if healthy is not None:
+            v.metrics["time_to_healthy_s"] = round(healthy, 1)
+            check(v, a, cfg, srv, versions, tp, bandwidth)
     except (ServerError, RuntimeError) as err:
         v.check("serve", False, None, "a healthy server", detail=shorten(str(err)))
         print(str(err), file=sys.stderr, flush=True)

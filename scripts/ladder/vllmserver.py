@@ -14,13 +14,17 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ladder.logs import tail
+import httpx2  # the openai client's own HTTP layer
+import openai
+from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
+
+from ladder.logs import shorten, tail
 
 # Fixed prompt set whose greedy completions single and multinode must agree on.
 PROMPTS = [
@@ -38,11 +42,15 @@ class ServerError(RuntimeError):
     pass
 
 
-def last_run(log: Path) -> list[str]:
-    """Lines of the latest server start in an appended log (each start writes a `$ cmd` line)."""
-    lines = log.read_text(errors="replace").splitlines()
-    starts = [i for i, line in enumerate(lines) if line.startswith("$ ")]
-    return lines[starts[-1]:] if starts else lines
+def attempt(call: Callable[[], Any]) -> tuple[int, Any]:
+    """(HTTP status, result) of one client call: (200, result), (the error's status, its message), or
+    (0, the reason) when no complete response came (connection lost, broken stream)."""
+    try:
+        return 200, call()
+    except openai.APIStatusError as err:
+        return err.status_code, err.message
+    except openai.APIError as err:
+        return 0, str(err)
 
 
 def api_key(env_var: str, key_file: str | None) -> str:
@@ -98,23 +106,38 @@ class Server:
             self.proc = subprocess.Popen(self.command(), stdout=fh, stderr=subprocess.STDOUT, env=env,
                                          start_new_session=True)
 
+    @cached_property
+    def client(self) -> openai.OpenAI:
+        # No retries: a check must see the first failure, not a retried success.
+        return openai.OpenAI(base_url=f"{self.base}/v1", api_key=self.key, max_retries=0, timeout=120)
+
+    def post_raw(self, path: str, key: str | None, body: bytes) -> int:
+        """Status of a request the openai client cannot send (no key, or not a valid request)."""
+        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
+        return httpx2.post(self.base + path, content=body, headers=headers, timeout=30).status_code
+
+    def healthy(self) -> bool:
+        try:
+            return httpx2.get(f"{self.base}/health", timeout=5).status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    def _healthy_or_exited(self) -> bool:
+        if self.proc and self.proc.poll() is not None:
+            raise ServerError(f"vllm serve exited with {self.proc.returncode} before becoming healthy; "
+                              f"last lines of {self.log}:\n{tail(self.log, 25)}")
+        return self.healthy()
+
     def wait_healthy(self, timeout: float) -> float:
-        deadline = self.started + timeout
-        delay = 0.5
-        while time.monotonic() < deadline:
-            if self.proc and self.proc.poll() is not None:
-                raise ServerError(f"vllm serve exited with {self.proc.returncode} before becoming healthy; "
-                                  f"last lines of {self.log}:\n{tail(self.log, 25)}")
-            try:
-                with urllib.request.urlopen(f"{self.base}/health", timeout=5) as r:
-                    if r.status == 200:
-                        return time.monotonic() - self.started
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(delay)
-            delay = min(delay * 1.3, 3.0)
-        raise ServerError(f"vllm serve not healthy after {timeout:.0f}s (serve.health_timeout_s); "
-                          f"last lines of {self.log}:\n{tail(self.log, 25)}")
+        """Seconds from start to healthy; ServerError with the log tail if it exits or the deadline passes."""
+        retrying = Retrying(stop=stop_after_delay(max(self.started + timeout - time.monotonic(), 0)),
+                            wait=wait_exponential(multiplier=0.5, max=3), retry=retry_if_result(lambda ok: not ok))
+        try:
+            retrying(self._healthy_or_exited)
+        except RetryError:
+            raise ServerError(f"vllm serve not healthy after {timeout:.0f}s (serve.health_timeout_s); "
+                              f"last lines of {self.log}:\n{tail(self.log, 25)}") from None
+        return time.monotonic() - self.started
 
     def stop(self, grace: float = 30) -> None:
         if not self.proc or self.proc.poll() is not None:
@@ -129,68 +152,48 @@ class Server:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 
-    # ------------------------------------------------------------------ requests
-    def request(self, path: str, body: dict[str, Any] | None = None, key: str | None = "default",
-                timeout: float = 120, raw: bytes | None = None) -> tuple[int, Any]:
-        """POST (body/raw) or GET; returns (status, parsed JSON or text). Never raises on HTTP errors."""
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = f"Bearer {self.key if key == 'default' else key}"
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(self.base + path, data=data, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                text = r.read().decode()
-                status = r.status
-        except urllib.error.HTTPError as err:
-            text, status = err.read().decode(errors="replace"), err.code
-        try:
-            return status, json.loads(text)
-        except ValueError:
-            return status, text
-
-    def stream(self, path: str, body: dict[str, Any], timeout: float = 120) -> tuple[int, list[str]]:
-        """A streaming request; returns (status, the data chunks' text deltas)."""
-        req = urllib.request.Request(self.base + path, data=json.dumps({**body, "stream": True}).encode(),
-                                     headers={"Content-Type": "application/json",
-                                              "Authorization": f"Bearer {self.key}"})
-        chunks = []
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            for line in r:
-                line = line.decode().strip()
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    choice = json.loads(line[6:])["choices"][0]
-                    chunks.append(choice.get("text") or choice.get("delta", {}).get("content") or "")
-            return r.status, chunks
-
     def greedy(self, prompts: list[str] = PROMPTS, max_tokens: int = GREEDY_TOKENS) -> list[dict[str, Any]]:
         out = []
         for p in prompts:
-            status, body = self.request("/v1/completions", {"model": self.served_name, "prompt": p,
-                                                            "max_tokens": max_tokens, "temperature": 0.0,
-                                                            "seed": 0})
+            status, r = attempt(lambda p=p: self.client.completions.create(
+                model=self.served_name, prompt=p, max_tokens=max_tokens, temperature=0.0, seed=0))
             if status != 200:
-                raise ServerError(f"greedy completion failed ({status}): {str(body)[:300]}")
-            out.append({"prompt": p, "text": body["choices"][0]["text"],
-                        "completion_tokens": body["usage"]["completion_tokens"]})
+                raise ServerError(f"greedy completion failed ({status}): {str(r)[:300]}")
+            out.append({"prompt": p, "text": r.choices[0].text, "completion_tokens": r.usage.completion_tokens})
         return out
+
+
+def check_healthy(v: Any, srv: Server, timeout: float, detail: str = "") -> float | None:
+    """The `healthy` check with its real outcome: seconds to healthy, else None and the diagnosis
+    (exit code or deadline, and the server log's tail) in the verdict."""
+    try:
+        seconds = srv.wait_healthy(timeout)
+    except ServerError as err:
+        print(err, file=sys.stderr, flush=True)
+        v.check("healthy", False, None, f"< {timeout}", "s", detail=shorten(f"{detail}: {err}" if detail else str(err)))
+        return None
+    v.check("healthy", True, round(seconds, 1), f"< {timeout}", "s", detail=detail)
+    return seconds
 
 
 def smoke(v: Any, srv: Server) -> None:
     """The requests every stage runs first: completion, chat, streaming, and 401 without the key."""
-    model = srv.served_name
-    status, body = srv.request("/v1/completions", {"model": model, "prompt": "Hello", "max_tokens": 8})
-    v.check("completion", status == 200 and bool(body["choices"][0]["text"]), status, 200,
-            detail=repr(body["choices"][0]["text"])[:80] if status == 200 else str(body)[:200])
-    status, body = srv.request("/v1/chat/completions", {"model": model, "max_tokens": 8,
-                                                        "messages": [{"role": "user", "content": "Hi"}]})
-    v.check("chat", status == 200 and "content" in body["choices"][0]["message"], status, 200,
-            detail="" if status == 200 else str(body)[:200])
-    status, chunks = srv.stream("/v1/completions", {"model": model, "prompt": "Once", "max_tokens": 8})
-    v.check("streaming", status == 200 and len(chunks) >= 2, len(chunks), ">= 2 chunks", "chunks")
-    status, _ = srv.request("/v1/completions", {"model": model, "prompt": "x", "max_tokens": 1}, key=None)
+    client, model = srv.client, srv.served_name
+    status, r = attempt(lambda: client.completions.create(model=model, prompt="Hello", max_tokens=8))
+    v.check("completion", status == 200 and bool(r.choices[0].text), status, 200,
+            detail=repr(r.choices[0].text)[:80] if status == 200 else str(r)[:200])
+    status, r = attempt(lambda: client.chat.completions.create(
+        model=model, max_tokens=8, messages=[{"role": "user", "content": "Hi"}]))
+    v.check("chat", status == 200 and r.choices[0].message.content is not None, status, 200,
+            detail="" if status == 200 else str(r)[:200])
+    status, chunks = attempt(lambda: [c.choices[0].text for c in client.completions.create(
+        model=model, prompt="Once", max_tokens=8, stream=True) if c.choices])
+    v.check("streaming", status == 200 and len(chunks) >= 2, len(chunks) if status == 200 else status,
+            ">= 2 chunks", "chunks")
+    # The openai client refuses to send a request without credentials: a bare POST does.
+    status = srv.post_raw("/v1/completions", None, json.dumps({"model": model, "prompt": "x"}).encode())
     v.check("no_key_401", status == 401, status, 401)
-    status, _ = srv.request("/v1/models", key="wrong-" + secrets.token_hex(4))
+    status, _ = attempt(lambda: client.with_options(api_key="wrong-" + secrets.token_hex(4)).models.list())
     v.check("wrong_key_401", status == 401, status, 401)
 
 

@@ -1,16 +1,17 @@
-"""Parsing of vllm bench serve results and of vLLM's logs (placement, start-up phases)."""
+"""Parsing of vllm bench serve results, of vLLM's start-up logs and Ray's actor table (placement)."""
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
-import time
 from pathlib import Path
 
 import pytest
 
+from ladder import monitor
 from ladder.bench import bench_command, parse_result, ratios
 from ladder.e2e import outputs_equal
-from ladder.monitor import Sampler
 from ladder.multistage import pipeline_placement
 from ladder.timeline import vllm_phases
 
@@ -46,36 +47,40 @@ def test_bench_command_uses_identical_settings():
     assert not any("key" in c.lower() for c in cmd), "the API key travels in the environment only"
 
 
-def test_pipeline_placement_from_ray_prefixes():
-    addrs = {"n1": "10.77.0.11", "n2": "10.77.0.12"}
-    placed = pipeline_placement(DATA / "vllm-serve-pp2.log", addrs, head="n1", world=2)
-    assert placed == {0: "n1", 1: "n2"}
+def worker(name: str, node_id: str, state: str = "ALIVE", cls: str = "RayWorkerProc") -> dict:
+    """One row of Ray's actor table (ray._private.state.actors), the fields placement reads."""
+    return {"ActorClassName": cls, "Name": name, "State": state, "Address": {"NodeID": node_id, "IPAddress": ""}}
 
 
-def test_pipeline_placement_detects_packing(tmp_path):
-    log = tmp_path / "serve.log"
-    log.write_text("\n".join(
-        f"(RayWorkerProc pid={p}) (Worker pid={p}) INFO rank {r} in world size 2 is assigned as DP rank 0, "
-        f"PP rank {r}, TP rank 0" for p, r in ((11, 0), (12, 1))))
-    assert pipeline_placement(log, {"n1": "10.0.0.1", "n2": "10.0.0.2"}, head="n1", world=2) == {0: "n1", 1: "n1"}
+NODES = {"id1": "n1", "id2": "n2", "id3": "n3"}
 
 
-def test_pipeline_placement_ignores_an_earlier_world(tmp_path):
-    """After a failover to PP=2, late lines of the old PP=3 workers must not count."""
-    log = tmp_path / "serve.log"
-    old = "(RayWorkerProc pid=9, ip=10.0.0.2) rank 2 in world size 3 is assigned as DP rank 0, PP rank 2, TP rank 0"
-    new = [f"(RayWorkerProc pid={p}{ip}) rank {r} in world size 2 is assigned as DP rank 0, PP rank {r}, TP rank 0"
-           for p, ip, r in ((11, "", 0), (12, ", ip=10.0.0.2", 1))]
-    log.write_text("\n".join(["$ vllm serve ...", new[0], old, new[1]]))
-    addrs = {"n1": "10.0.0.1", "n2": "10.0.0.2"}
-    assert pipeline_placement(log, addrs, head="n1", world=2) == {0: "n1", 1: "n2"}
+def test_pipeline_placement_from_ray_actors():
+    actors = [worker("vllm_Worker_a1b2c_PP0", "id1"), worker("vllm_Worker_a1b2c_PP1", "id2"),
+              worker("vllm_Worker_a1b2c_PP2", "id3", state="DEAD"),  # the old world before a failover
+              worker("ray_helper", "id3", cls="Helper")]
+    assert pipeline_placement(actors, NODES) == {0: "n1", 1: "n2"}
+
+
+def test_pipeline_placement_detects_packing_and_split_tp_groups():
+    packed = [worker("vllm_Worker_x_PP0", "id1"), worker("vllm_Worker_x_PP1", "id1")]
+    assert pipeline_placement(packed, NODES) == {0: "n1", 1: "n1"}
+    split = [worker(f"vllm_Worker_x_TP{t}_PP{p}", node) for t, p, node in
+             ((0, 0, "id1"), (1, 0, "id2"), (0, 1, "id2"), (1, 1, "id2"))]
+    assert pipeline_placement(split, NODES) == {0: "n1,n2", 1: "n2"}
+
+
+def test_pipeline_placement_pp1_has_no_rank_in_the_name():
+    assert pipeline_placement([worker("vllm_Worker_x", "id2"), worker("vllm_Worker_x_TP1", "id2")],
+                              NODES) == {0: "n2"}
 
 
 def test_vllm_phases_from_cpu_log():
+    # vLLM 0.32 (CPU): "Initializing model" + "Loading weights" lines, no compile total; the warm-up runs
+    # from "Warming up model" to "KV cache on node"; both starts in this log, the slowest counts.
     phases = vllm_phases(DATA / "vllm-serve-cpu.log")
-    assert phases["model_load"] > 0
-    assert phases["compile_warmup"] > 0
-    assert phases["kv_cache_profile"] >= 0
+    assert phases == {"model_load": round(0.182580 + 0.01, 2), "compile_warmup": 30.0,
+                      "kv_cache_profile": round(30.83 - 30.0, 2)}
 
 
 def test_outputs_equal_names_differing_prompts():
@@ -84,15 +89,31 @@ def test_outputs_equal_names_differing_prompts():
     assert outputs_equal([{"prompt": "a", "text": "x"}, {"prompt": "b", "text": "z"}], want) == ["b"]
 
 
-def test_sampler_writes_rows_and_measures_its_cost(tmp_path):
-    s = Sampler(tmp_path / "n1.csv", "n1", interval_s=0.1)
+class Ticks:
+    """A stop event that lets exactly `n` sampling intervals pass, with no waiting."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def wait(self, _timeout: float) -> bool:
+        self.n -= 1
+        return self.n < 0
+
+    def set(self) -> None:
+        pass
+
+
+def test_sampler_writes_one_row_per_interval_and_measures_its_cost(tmp_path, monkeypatch):
+    monkeypatch.setattr(monitor, "_gpu_handles", list)  # node rows only, whatever this host has
+    clock = itertools.count(step=0.002)  # every sample costs 2 ms of the sampler thread's CPU time
+    monkeypatch.setattr(monitor.time, "thread_time", lambda: next(clock))
+    s = monitor.Sampler(tmp_path / "n1.csv", "n1", interval_s=0.5)
+    s._stop_event = Ticks(3)
     s.start()
-    time.sleep(0.55)
-    cost = s.stop()
-    rows = (tmp_path / "n1.csv").read_text().splitlines()
-    assert rows[0].startswith("t,node,cpu_pct") and len(rows) >= 4
-    assert cost["monitor_samples"] == len(rows) - 1
-    assert 0 < cost["monitor_cpu_ms_per_sample"] < 50
+    s.join(timeout=30)
+    rows = list(csv.DictReader((tmp_path / "n1.csv").open()))
+    assert [r["node"] for r in rows] == ["n1"] * 3
+    assert s.stop() == {"monitor_samples": 3, "monitor_cpu_ms_per_sample": 2.0, "monitor_cpu_pct": 0.4}
 
 
 def test_vllm_phases_from_gpu_pipeline_log():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from ladder.roofline import (
@@ -17,6 +19,7 @@ from ladder.roofline import (
 from ladder.tinymodel import SHAPES
 
 pytestmark = pytest.mark.unit
+DATA = Path(__file__).parent / "data"
 
 LLAMA3_8B = SHAPES["llama3-8b"]
 
@@ -49,11 +52,17 @@ def test_copy_bandwidth_counts_read_and_write():
     assert copy_bandwidth(4 * GIB, 0.002) == pytest.approx(2 * 4 * GIB / 0.002)
 
 
-def test_weight_bytes_from_vllm_log_takes_the_largest_rank():
+def test_weight_bytes_from_captured_vllm_logs():
+    # CUDA (vLLM 0.26, PP=2): "Model loading took 7.48 GiB and ... seconds" per rank.
+    assert weight_bytes_from_log((DATA / "vllm-serve-gpu-pp2.log").read_text()) == pytest.approx(7.48 * GIB)
+    # CPU (vLLM 0.32) prints no weight size: the config's parameter count is used instead.
+    assert weight_bytes_from_log((DATA / "vllm-serve-cpu.log").read_text()) is None
+
+
+def test_weight_bytes_takes_the_largest_rank():
     log = ("INFO ... [gpu_model_runner.py:2000] Model loading took 7.4860 GiB memory and 2.1 seconds\n"
            "(RayWorkerProc pid=12) INFO Model loading took 7.5123 GiB and 3.0 seconds\n")
     assert weight_bytes_from_log(log) == pytest.approx(7.5123 * GIB)
-    assert weight_bytes_from_log("no such line") is None
 
 
 def test_summarize_records_every_input():
