@@ -10,7 +10,10 @@ import concurrent.futures as cf
 import json
 import time
 from dataclasses import asdict
+from functools import partial
 from typing import Any
+
+import psutil
 
 from ladder.verdict import Verdict
 from ladder.vllmserver import Server, attempt, smoke
@@ -94,57 +97,49 @@ def run_suite(v: Verdict, srv: Server, reference_outputs: list[dict[str, Any]] |
             "cases": [asdict(c) for c in v.checks[first:]]}
 
 
+def rss_mib(srv: Server) -> float:
+    """Resident memory of the server and every process it started."""
+    try:
+        root = psutil.Process(srv.proc.pid) if srv.proc else None
+        procs = [root, *root.children(recursive=True)] if root else []
+        return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
+    except psutil.Error:
+        return 0.0
+
+
 def soak(v: Verdict, srv: Server, seconds: float, clients: int) -> dict[str, Any]:
     """Bounded concurrent load for `seconds`: no failed request, server memory steady."""
-    import threading
-
-    import psutil
-
     stop = time.monotonic() + seconds
-    lock = threading.Lock()
-    counts = {"ok": 0, "failed": 0}
-    latencies: list[float] = []
 
-    def client(i: int) -> None:
-        n = 0
+    def client(i: int) -> list[tuple[bool, float]]:
+        done: list[tuple[bool, float]] = []
         while time.monotonic() < stop:
             t0 = time.monotonic()
-            status, _ = attempt(lambda n=n: srv.client.completions.create(model=srv.served_name,
-                                                                          prompt=f"Soak {i}.{n}:", max_tokens=16))
+            status, _ = attempt(partial(srv.client.completions.create, model=srv.served_name,
+                                        prompt=f"Soak {i}.{len(done)}:", max_tokens=16))
+            done.append((status == 200, time.monotonic() - t0))
             if status == 0:  # no response: the server is gone; do not spin
                 time.sleep(1)
-            with lock:
-                counts["ok" if status == 200 else "failed"] += 1
-                latencies.append(time.monotonic() - t0)
-            n += 1
+        return done
 
-    def rss_mib() -> float:
-        try:
-            root = psutil.Process(srv.proc.pid) if srv.proc else None
-            procs = [root, *root.children(recursive=True)] if root else []
-            return sum(p.memory_info().rss for p in procs if p.is_running()) / 2**20
-        except psutil.Error:
-            return 0.0
-
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
-    for t in threads:
-        t.start()
     memory = []
-    while any(t.is_alive() for t in threads):
-        memory.append(round(rss_mib(), 1))
-        time.sleep(min(5.0, max(seconds / 20, 0.5)))
-    for t in threads:
-        t.join()
-    latencies.sort()
-    total = counts["ok"] + counts["failed"]
-    v.check("soak_no_failed_requests", counts["failed"] == 0 and total > 0, counts["failed"], 0, "failed",
-            detail=f"{total} requests from {clients} clients in {seconds:.0f}s")
+    with cf.ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(client, i) for i in range(clients)]
+        running: set[cf.Future[list[tuple[bool, float]]]] = set(futures)
+        while running:  # the server's memory, sampled until every client is done
+            memory.append(round(rss_mib(srv), 1))
+            running = cf.wait(running, timeout=min(5.0, max(seconds / 20, 0.5))).not_done
+    requests = [r for f in futures for r in f.result()]
+    failed = sum(not ok for ok, _ in requests)
+    latencies = sorted(t for _, t in requests)
+    v.check("soak_no_failed_requests", failed == 0 and bool(requests), failed, 0, "failed",
+            detail=f"{len(requests)} requests from {clients} clients in {seconds:.0f}s")
     # Steady: after the first quarter (warm-up), memory grows by less than 10 %.
-    settled = memory[len(memory) // 4:] or memory
-    growth = (settled[-1] - settled[0]) / settled[0] if settled and settled[0] else 0.0
+    settled = memory[len(memory) // 4:]
+    growth = (settled[-1] - settled[0]) / settled[0] if settled[0] else 0.0
     v.check("soak_memory_steady", growth < 0.10, round(growth * 100, 1), "< 10", "% growth",
-            detail=f"server RSS {settled[0] if settled else 0:.0f} -> {settled[-1] if settled else 0:.0f} MiB")
-    return {"seconds": seconds, "clients": clients, **counts,
+            detail=f"server RSS {settled[0]:.0f} -> {settled[-1]:.0f} MiB")
+    return {"seconds": seconds, "clients": clients, "ok": len(requests) - failed, "failed": failed,
             "latency_s": {"p50": latencies[len(latencies) // 2] if latencies else None,
                           "p99": latencies[int(len(latencies) * 0.99)] if latencies else None},
             "server_rss_mib": memory}

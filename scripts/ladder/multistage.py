@@ -118,7 +118,6 @@ class Run:
     model_path: str
     served: str
     key: str
-    env: dict[str, str]
     versions: dict[str, Any]
     tp: int
 
@@ -126,7 +125,7 @@ class Run:
 def start(run: Run, pipeline: list[str]) -> Server:
     spec = run.cluster.spec
     head = spec.head
-    env = run.env | {"RAY_ADDRESS": spec.address, "VLLM_HOST_IP": spec.addrs[head],
+    env = spec.env | {"RAY_ADDRESS": spec.address, "VLLM_HOST_IP": spec.addrs[head],
                      "GLOO_SOCKET_IFNAME": spec.ifaces[head], "NCCL_SOCKET_IFNAME": spec.ifaces[head]}
     srv = Server(run.model_path, run.served, spec.ports["serve"], run.key, run.a.log_dir / head / "vllm-serve.log",
                  args=serve_args(run.cfg, run.tp, len(pipeline), ray=True), env=env)
@@ -173,13 +172,19 @@ def serve(v: Verdict, run: Run, pipeline: list[str], attempt: int) -> tuple[Serv
     return srv, None
 
 
-def failover(v: Verdict, run: Run, lost: list[str], first_check: int, err: Exception | None) -> None:
-    """A pipeline node died under load: what failed with it is recorded, not counted."""
+def failover(v: Verdict, run: Run, pipeline: list[str], lost: list[str], first_check: int,
+             err: Exception | None) -> list[str]:
+    """A pipeline node died under load: what failed with it is recorded, not counted, and the service
+    comes back on the nodes that are left (returned), degraded."""
     for c in v.checks[first_check:]:
         if c.ok is False:
             c.ok, c.detail = None, f"[lost with node {', '.join(lost)}] {c.detail}"
     v.check("node_lost", None, lost, detail=str(err or "requests failed")[:300])
     (run.a.out_dir / "failed_nodes.txt").write_text("\n".join(lost) + "\n")
+    remaining = [n for n in pipeline if n not in lost]
+    v.degraded_reason = (f"node(s) {', '.join(lost)} died while the service ran; restarted with "
+                         f"PP={len(remaining)} on the remaining nodes")
+    return remaining
 
 
 def make_stage_plan(v: Verdict, cfg: dict[str, Any], nodes: list[str]) -> tuple[int, int] | None:
@@ -253,19 +258,14 @@ def main(argv: list[str] | None = None) -> int:
         key = api_key(cfg["serve"]["api_key_env"], cfg["serve"]["api_key_file"])
         if not bring_up(v, cluster, probe, tp, pp):
             return v.finish(a.out_dir / "verdict.json")
-        run = Run(cfg, a, cluster, model_path, served, key, cluster.spec.env, versions, tp)
+        run = Run(cfg, a, cluster, model_path, served, key, versions, tp)
         pipeline, first_check = nodes[:pp], len(v.checks)
         srv, err = serve(v, run, pipeline, attempt=1)
         failed = err or any(c.ok is False for c in v.checks[first_check:])
         lost = lost_nodes(cluster, pipeline) if failed and cfg["faults"]["allow_degraded"] else []
         if lost and len(pipeline) > len(lost):
-            # The service comes back on the nodes that are left.
-            failover(v, run, lost, first_check, err)
-            remaining = [n for n in pipeline if n not in lost]
-            v.degraded_reason = (f"node(s) {', '.join(lost)} died while the service ran; restarted with "
-                                 f"PP={len(remaining)} on the remaining nodes")
             srv.stop()
-            srv, err = serve(v, run, remaining, attempt=2)
+            srv, err = serve(v, run, failover(v, run, pipeline, lost, first_check, err), attempt=2)
         if err:
             raise err
     except (ServerError, RuntimeError, OSError) as err:

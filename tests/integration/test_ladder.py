@@ -66,6 +66,8 @@ def check_ladder(run, sandbox, nodes: int) -> None:
     assert sorted(placed) == [str(i) for i in range(nodes)] and set(placed.values()) == {f"n{i}" for i in
                                                                                           range(1, nodes + 1)}
     assert checks["outputs_match_single"]["ok"] is True
+    cases = [c["name"] for c in json.loads((run.results / "multinode" / "e2e.json").read_text())["cases"]]
+    assert cases[0] == "models_list" and "outputs_match_single" in cases and "plan" not in cases  # the suite's only
     for name in ("models_list", "completion", "chat", "streaming", "concurrent_clients", "no_key_401",
                  "max_tokens", "alive_after_malformed"):
         assert checks[name]["ok"] is True, checks[name]
@@ -131,7 +133,9 @@ def test_server_failure_fails_with_log_tail_and_no_orphans(run_dag, sandbox, wor
                   workdir=workdir, timeout=600)
     assert run.returncode != 0
     v = json.loads((run.results / "single" / "verdict.failed.json").read_text())
-    detail = next(c for c in v["checks"] if c["name"] == "serve")["detail"]
+    healthy = next(c for c in v["checks"] if c["name"] == "healthy")  # the check carries the real outcome
+    assert healthy["ok"] is False, healthy
+    detail = healthy["detail"]
     assert message in detail and "last lines of" in detail and "vllm-serve.log" in detail, detail
     assert set(run.submitted()) == {"single"}  # env, probe, ray stay cached
     assert sandbox.stray_processes() == []
