@@ -114,7 +114,10 @@ class Server:
     def post_raw(self, path: str, key: str | None, body: bytes) -> int:
         """Status of a request the openai client cannot send (no key, or not a valid request)."""
         headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
-        return httpx2.post(self.base + path, content=body, headers=headers, timeout=30).status_code
+        try:
+            return httpx2.post(self.base + path, content=body, headers=headers, timeout=30).status_code
+        except httpx2.TransportError:
+            return 0  # no response, as attempt() reports it
 
     def healthy(self) -> bool:
         try:
