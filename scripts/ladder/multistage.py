@@ -29,6 +29,7 @@ from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_pro
 from ladder.raystage import check_nodes, check_tasks
 from ladder.singlestage import metadata, perf_checks
 from ladder.verdict import Verdict, require_gate, stage_parser, write_json
+from ladder.vllm_plugin import RAY_RESOURCE
 from ladder.vllmserver import Server, ServerError, api_key, check_healthy, cpu_env, resolve_model, serve_args
 
 WORKER_CLASS = "RayWorkerProc"  # vLLM's Ray worker actor (RayExecutorV2; the CPU and CUDA builds alike)
@@ -51,7 +52,7 @@ def precheck(v: Verdict, cluster: RayCluster, probe: dict[str, dict[str, Any]], 
     spec = cluster.spec
     for node in spec.nodes[:pp]:
         res = joined.get(node, {}).get("Resources", {})
-        have = res.get("GPU", 0) if spec.gpus else res.get("ladder_cpu_slot", 0)
+        have = res.get("GPU", 0) if spec.gpus else res.get(RAY_RESOURCE, 0)
         what = "GPUs" if spec.gpus else "CPU worker slots"
         v.check(f"precheck:{node}:{what.split()[0].lower()}_for_tp", have >= tp, have, f">= {tp}", what)
         nic = next((n for n in probe[node]["nics"] if n["name"] == spec.ifaces[node]), None)
@@ -210,12 +211,16 @@ def cluster_spec(cfg: dict[str, Any], a: argparse.Namespace, job: str, nodes: li
     addrs, ifaces = addresses_from_probe([probe[n] for n in nodes if n in probe])
     ports = slurm.job_ports(int(job), cfg["ray"]["port_base"], cfg["ray"]["port_range"])
     env = {"VLLM_PORT": str(ports["vllm"])}
+    resources: dict[str, float] = {}
     if cfg["env"]["flavor"] == "cpu":
-        # The platform plugin (ladder.vllm_plugin) enables the Ray executor on CPU.
+        # The platform plugin (ladder.vllm_plugin) enables the Ray executor on CPU; its workers
+        # are placed by a custom resource, tp slots per node, so pipeline ranks spread.
         env |= cpu_env(a.cache.resolve()) | {"LADDER_CPU_RAY": "1"}
+        resources = {RAY_RESOURCE: tp}
     return Spec(job=job, nodes=nodes, addrs=addrs, ifaces=ifaces, ports=ports, cpus=cfg["cluster"]["cpus_per_node"],
                 gpus=cfg["cluster"]["gpus_per_node"], object_store_mb=cfg["ray"]["object_store_mb"],
-                log_dir=str(a.log_dir / "ray"), join_timeout_s=cfg["ray"]["join_timeout_s"], env=env, slots=tp,
+                log_dir=str(a.log_dir / "ray"), join_timeout_s=cfg["ray"]["join_timeout_s"], env=env,
+                resources=resources,
                 monitor_dir=str(a.out_dir / "monitor"), monitor_interval_s=cfg["monitor"]["interval_s"])
 
 
