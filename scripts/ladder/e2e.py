@@ -15,18 +15,33 @@ from typing import Any
 
 import psutil
 
+from ladder import splitcheck
 from ladder.verdict import Verdict
 from ladder.vllmserver import Server, attempt, smoke
 
 
-def outputs_equal(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> list[str]:
-    """Prompts whose greedy text differs (empty = identical)."""
-    want_by = {o["prompt"]: o["text"] for o in want}
-    return [o["prompt"] for o in got if want_by.get(o["prompt"]) != o["text"]]
+def split_check(v: Verdict, greedy: list[dict[str, Any]], reference: list[dict[str, Any]] | None,
+                tolerance: float) -> dict[str, Any] | None:
+    """The split-correctness check (ladder.splitcheck): fails only on a mismatch."""
+    if reference is None:
+        v.check("outputs_match_single", None, detail="no single-node outputs to compare")
+        return None
+    if not all(splitcheck.has_logprobs(o) for o in reference):
+        v.check("outputs_match_single", False, None, "single outputs with logprobs",
+                detail="results/single/outputs.json has no per-token logprobs (written by an older ladder): "
+                       "re-run single (--forcerun single)")
+        return None
+    result = splitcheck.summary(splitcheck.compare(reference, greedy, tolerance))
+    counts = result["counts"]
+    rows = "; ".join(f"{p['prompt']!r}: {p['verdict']}" + (f" ({p['detail']})" if p["detail"] else "")
+                     for p in result["prompts"] if p["verdict"] != splitcheck.IDENTICAL)
+    v.check("outputs_match_single", counts[splitcheck.MISMATCH] == 0, counts, f"no {splitcheck.MISMATCH}",
+            "prompts", detail=rows or "greedy tokens identical to the single stage's for every prompt")
+    return result
 
 
 def run_suite(v: Verdict, srv: Server, reference_outputs: list[dict[str, Any]] | None,
-              clients: int = 16) -> dict[str, Any]:
+              tolerance: float, clients: int = 16) -> dict[str, Any]:
     t0 = time.monotonic()
     first = len(v.checks)
     client, model = srv.client, srv.served_name
@@ -86,14 +101,9 @@ def run_suite(v: Verdict, srv: Server, reference_outputs: list[dict[str, Any]] |
     v.check("alive_after_malformed", alive, alive, True)
 
     greedy = srv.greedy()
-    if reference_outputs is None:
-        v.check("outputs_match_single", None, detail="no single-node outputs to compare")
-    else:
-        diff = outputs_equal(greedy, reference_outputs)
-        v.check("outputs_match_single", not diff, len(greedy) - len(diff), len(greedy), "prompts identical",
-                detail=f"differ: {diff}" if diff else "greedy outputs byte-identical to the single stage")
+    split = split_check(v, greedy, reference_outputs, tolerance)
     # The suite's own cases only, not the checks the stage recorded before it.
-    return {"duration_s": round(time.monotonic() - t0, 1), "greedy": greedy,
+    return {"duration_s": round(time.monotonic() - t0, 1), "greedy": greedy, "split_check": split,
             "cases": [asdict(c) for c in v.checks[first:]]}
 
 

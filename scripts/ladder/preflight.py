@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from ladder.plan import PlanError, make_plan, model_shape
+from ladder.plan import PlanError, family_problems, make_plan, model_shape, quantization_problems
 from ladder.slurm import job_ports
 
 
@@ -25,11 +26,16 @@ def problems(config: dict[str, Any], basedir: Path) -> list[str]:
             out += [f"model.path: {p}" for p in check_model_dir(Path(model["path"]),
                                                                 require_weights=model["load_format"] != "dummy")]
     if not out:
+        out += family_problems(model)
         try:
             make_plan(config["parallel"], config["cluster"]["nodes"], config["cluster"]["gpus_per_node"],
                       model_shape(model))
         except PlanError as err:
             out.append(str(err))
+    # An earlier probe of this work directory knows the nodes' CPU features and GPU capabilities.
+    probe = Path("results/probe/nodes.json")
+    out += quantization_problems(model, config["env"]["flavor"],
+                                 json.loads(probe.read_text())["nodes"] if probe.is_file() else None)
     key_file = config["serve"]["api_key_file"]
     if key_file and not Path(key_file).is_file():
         out.append(f"serve.api_key_file: {key_file} does not exist (the API key is read from it)")

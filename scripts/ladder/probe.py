@@ -25,6 +25,16 @@ from ladder.raycommand import primary_nic
 from ladder.verdict import Verdict, write_json
 
 
+def cpu_fp8_isa() -> list[str]:
+    """The CPU features vLLM's FP8 KV cache on CPU needs (either one): model.kv_cache_dtype checks."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    return sorted({"avx512f", "amx_tile"} & set(flags))
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -69,8 +79,10 @@ def gpus() -> dict[str, Any]:
         devices = []
         for i, h in enumerate(handles):
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            cc = pynvml.nvmlDeviceGetCudaComputeCapability(h)
             devices.append({"index": i, "name": pynvml.nvmlDeviceGetName(h), "uuid": pynvml.nvmlDeviceGetUUID(h),
-                            "memory_mib": mem.total // 2**20, "pci_bus_id": pynvml.nvmlDeviceGetPciInfo(h).busId})
+                            "memory_mib": mem.total // 2**20, "pci_bus_id": pynvml.nvmlDeviceGetPciInfo(h).busId,
+                            "compute_capability": f"{cc[0]}.{cc[1]}"})
         topo = {}
         for i in range(n):
             for j in range(i + 1, n):
@@ -114,7 +126,7 @@ def probe_node(shared: Path) -> dict[str, Any]:
         "slurm_node": os.environ.get("SLURMD_NODENAME", host),
         "kernel": platform.release(),
         "cpu": {"model": cpu_model(), "logical": psutil.cpu_count(), "physical": psutil.cpu_count(logical=False),
-                "affinity": len(os.sched_getaffinity(0))},
+                "affinity": len(os.sched_getaffinity(0)), "fp8_isa": cpu_fp8_isa()},
         "memory": {"total_mib": vm.total // 2**20, "available_mib": vm.available // 2**20},
         "disk": {"path": str(shared.resolve()), "free_gib": round(du.free / 2**30, 1),
                  "total_gib": round(du.total / 2**30, 1)},

@@ -1,11 +1,13 @@
-"""Build a tiny, reproducible Qwen2 model that vLLM can serve on CPU (DESIGN.md §7).
+"""Build a tiny, reproducible model that vLLM can serve on CPU (DESIGN.md §7).
 
 There is no model hub on the sandbox or in CI, so the model is built locally: a byte-level
 BPE tokenizer trained on text every Linux box has, plus seeded random float32 weights. The
 output is meaningless but deterministic, which is all the ladder needs to compare a
-multi-node run against a single-node one.
+multi-node run against a single-node one. Families (``--architecture``): qwen2 (default),
+llama, mistral (sliding window shorter than the context, so the windowed attention path
+runs) and falcon (new decoder architecture: grouped KV heads, parallel attention + MLP).
 
-    python -m ladder.tinymodel --out .cache/models/tiny [--seed 0] [--layers 4]
+    python -m ladder.tinymodel --out .cache/models/tiny [--seed 0] [--layers 4] [--architecture llama]
     python -m ladder.tinymodel --out /tmp/models/llama3-8b --shape llama3-8b
 
 ``--shape`` writes a real architecture's config.json and the locally trained tokenizer,
@@ -53,8 +55,32 @@ class Recipe:
     heads: int = 4
     kv_heads: int = 2
     max_position: int = 512
+    architecture: str = "qwen2"
     # Bump when the build code changes its output, so stale caches are rebuilt.
     code_version: int = 2
+
+
+ARCHITECTURES = ("qwen2", "llama", "mistral", "falcon")
+# Mistral's window: shorter than the greedy prompts plus their 16 tokens, so it is exercised.
+TINY_SLIDING_WINDOW = 16
+
+
+def tiny_config(recipe: Recipe, bos: int, eos: int):  # -> PretrainedConfig
+    """The transformers config of the tiny model of `recipe.architecture` (same size for every family)."""
+    import transformers
+
+    common = {"vocab_size": recipe.vocab_size, "hidden_size": recipe.hidden_size,
+              "num_hidden_layers": recipe.layers, "num_attention_heads": recipe.heads,
+              "max_position_embeddings": recipe.max_position, "tie_word_embeddings": False,
+              # The library defaults point at the real models' vocabularies; use our specials.
+              "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": bos, "dtype": "float32"}
+    if recipe.architecture == "falcon":
+        return transformers.FalconConfig(**common, num_kv_heads=recipe.kv_heads, new_decoder_architecture=True,
+                                         parallel_attn=True, bias=False, alibi=False)
+    cls = {"qwen2": transformers.Qwen2Config, "llama": transformers.LlamaConfig,
+           "mistral": transformers.MistralConfig}[recipe.architecture]
+    extra = {"sliding_window": TINY_SLIDING_WINDOW} if recipe.architecture == "mistral" else {}
+    return cls(**common, intermediate_size=recipe.intermediate_size, num_key_value_heads=recipe.kv_heads, **extra)
 
 
 def corpus_files() -> list[Path]:
@@ -70,7 +96,10 @@ def corpus_files() -> list[Path]:
 
 def recipe_hash(recipe: Recipe, corpus: Sequence[Path]) -> str:
     """Hash of the recipe and the corpus contents (another Python's stdlib gives another model)."""
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(recipe), sort_keys=True).encode())
+    fields = dataclasses.asdict(recipe)
+    if fields["architecture"] == "qwen2":  # hashed as before families existed: existing caches stay valid
+        del fields["architecture"]
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
     for path in corpus:
         h.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()[:16]
@@ -218,28 +247,14 @@ def build(out: Path, recipe: Recipe) -> str:
         return f"tinymodel: {out} already built (recipe {digest}), nothing to do"
 
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoModelForCausalLM
 
     start = time.monotonic()
     tokenizer = _train_tokenizer(recipe, (p.read_text(encoding="utf-8", errors="replace") for p in corpus))
     ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
-    config = Qwen2Config(
-        vocab_size=recipe.vocab_size,
-        hidden_size=recipe.hidden_size,
-        intermediate_size=recipe.intermediate_size,
-        num_hidden_layers=recipe.layers,
-        num_attention_heads=recipe.heads,
-        num_key_value_heads=recipe.kv_heads,
-        max_position_embeddings=recipe.max_position,
-        tie_word_embeddings=False,
-        # Qwen2Config defaults point at Qwen's 151k vocab; use our specials instead.
-        bos_token_id=ids[0],
-        eos_token_id=ids[2],
-        pad_token_id=ids[0],
-        dtype="float32",
-    )
+    config = tiny_config(recipe, bos=ids[0], eos=ids[2])
     torch.manual_seed(recipe.seed)
-    model = Qwen2ForCausalLM(config).to(torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(config).to(torch.float32).eval()
     n_params = sum(p.numel() for p in model.parameters())
 
     def write(tmp: Path) -> None:
@@ -324,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="weight-init seed (default 0)")
     parser.add_argument("--layers", type=int, default=4,
                         help="decoder layers (default 4); vLLM splits them unevenly across PP ranks")
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default="qwen2",
+                        help="family of the tiny model (default qwen2)")
     parser.add_argument("--shape", choices=sorted(SHAPES),
                         help="a real architecture's config + the local tokenizer, no weights (--load-format dummy)")
     args = parser.parse_args(argv)
@@ -332,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.shape:
         print(build_shape(args.out, args.shape, Recipe(seed=args.seed)))
         return 0
-    print(build(args.out, Recipe(seed=args.seed, layers=args.layers)))
+    print(build(args.out, Recipe(seed=args.seed, layers=args.layers, architecture=args.architecture)))
     return 0
 
 

@@ -36,6 +36,8 @@ PROMPTS = [
     "Copyright (C) 2007 Free Software Foundation",
 ]
 GREEDY_TOKENS = 16
+# Top-k candidates recorded per greedy token, for ladder.splitcheck (vLLM allows up to 20).
+GREEDY_TOP_K = 5
 
 
 class ServerError(RuntimeError):
@@ -156,13 +158,23 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
 
     def greedy(self, prompts: list[str] = PROMPTS, max_tokens: int = GREEDY_TOKENS) -> list[dict[str, Any]]:
+        """Greedy completions with each token's id, logprob and top-k candidates (ladder.splitcheck).
+
+        ignore_eos: every output has exactly max_tokens tokens, so two runs compare position by position.
+        """
         out = []
         for p in prompts:
             status, r = attempt(lambda p=p: self.client.completions.create(
-                model=self.served_name, prompt=p, max_tokens=max_tokens, temperature=0.0, seed=0))
+                model=self.served_name, prompt=p, max_tokens=max_tokens, temperature=0.0, seed=0,
+                logprobs=GREEDY_TOP_K, extra_body={"ignore_eos": True, "return_tokens_as_token_ids": True}))
             if status != 200:
                 raise ServerError(f"greedy completion failed ({status}): {str(r)[:300]}")
-            out.append({"prompt": p, "text": r.choices[0].text, "completion_tokens": r.usage.completion_tokens})
+            choice, ids = r.choices[0], lambda t: int(t.removeprefix("token_id:"))
+            lp = choice.logprobs
+            out.append({"prompt": p, "text": choice.text, "completion_tokens": r.usage.completion_tokens,
+                        "tokens": [ids(t) for t in lp.tokens], "logprobs": lp.token_logprobs,
+                        "top_logprobs": [sorted(([ids(t), v] for t, v in top.items()), key=lambda x: -x[1])
+                                         for top in lp.top_logprobs]})
         return out
 
 
@@ -205,8 +217,10 @@ def resolve_model(model: dict[str, Any], cache: Path) -> tuple[str, str]:
     if model["name"] == "tiny" and not model.get("path"):
         from ladder import tinymodel
 
-        out = cache / "models" / f"tiny-l{model['tiny_layers']}"
-        if tinymodel.main(["--out", str(out), "--layers", str(model["tiny_layers"])]) != 0:
+        arch = model.get("architecture", "qwen2")
+        out = cache / "models" / (f"tiny-l{model['tiny_layers']}" if arch == "qwen2" else
+                                  f"tiny-{arch}-l{model['tiny_layers']}")
+        if tinymodel.main(["--out", str(out), "--layers", str(model["tiny_layers"]), "--architecture", arch]) != 0:
             raise ServerError(f"building the tiny model in {out} failed")
         return str(out), "tiny"
     return model["path"], model["name"]
@@ -219,6 +233,10 @@ def serve_args(cfg: dict[str, Any], tp: int, pp: int, ray: bool) -> list[str]:
             "--max-model-len", str(m["max_model_len"]), "--dtype", m["dtype"], "--seed", "0"]
     if m["load_format"] != "auto":
         args += ["--load-format", m["load_format"]]
+    if m.get("quantization"):
+        args += ["--quantization", m["quantization"]]
+    if m.get("kv_cache_dtype", "auto") != "auto":
+        args += ["--kv-cache-dtype", m["kv_cache_dtype"]]
     if ray:
         args += ["--distributed-executor-backend", "ray"]
     if s["enforce_eager"]:

@@ -11,7 +11,6 @@ import pytest
 
 from ladder import monitor
 from ladder.bench import bench_command, parse_result, ratios
-from ladder.e2e import outputs_equal
 from ladder.multistage import pipeline_placement
 from ladder.timeline import vllm_phases
 
@@ -81,12 +80,6 @@ def test_vllm_phases_from_cpu_log():
     phases = vllm_phases(DATA / "vllm-serve-cpu.log")
     assert phases == {"model_load": round(0.182580 + 0.01, 2), "compile_warmup": 30.0,
                       "kv_cache_profile": round(30.83 - 30.0, 2)}
-
-
-def test_outputs_equal_names_differing_prompts():
-    want = [{"prompt": "a", "text": "x"}, {"prompt": "b", "text": "y"}]
-    assert outputs_equal([{"prompt": "a", "text": "x"}, {"prompt": "b", "text": "y"}], want) == []
-    assert outputs_equal([{"prompt": "a", "text": "x"}, {"prompt": "b", "text": "z"}], want) == ["b"]
 
 
 class Ticks:

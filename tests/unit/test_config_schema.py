@@ -39,7 +39,8 @@ def test_empty_config_gets_every_default():
                               "cpus_per_node": 2, "mem_mb_per_node": 6000, "time_min": 30}
     assert cfg["env"]["prefix"] == ".venv" and cfg["env"]["flavor"] == "cpu" and cfg["env"]["build"] is True
     assert cfg["ray"]["port_base"] == 20000 and cfg["ray"]["min_busbw_gbps"] is None
-    assert cfg["parallel"] == {"tensor_parallel_size": "auto", "pipeline_parallel_size": "auto"}
+    assert cfg["parallel"] == {"tensor_parallel_size": "auto", "pipeline_parallel_size": "auto",
+                               "split_logprob_tolerance": 0.05}
     assert cfg["bench"]["concurrency"] == [1, 4]
     assert cfg["faults"] == {"retries": 0, "exclude_on_failure": False, "allow_degraded": False}
     assert cfg["references"] == {}
