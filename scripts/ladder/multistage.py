@@ -156,7 +156,9 @@ def check(v: Verdict, run: Run, srv: Server, pipeline: list[str], attempt: int) 
         "single": {"plan": single["metadata"]["plan"], "nodes": single["metadata"]["nodes"]},
         "multinode": {"plan": meta["plan"], "nodes": meta["nodes"]},
         "ratios_multinode_over_single": ratios(results, single["results"]),
-        "note": "ratios of runs with identical bench settings; >1 throughput = faster multinode"})
+        "note": "ratios of runs with identical bench settings; >1 throughput = faster multinode"
+                + (f"; single served a proxy ({single['metadata']['proxy']['why']}): the ratios compare the "
+                   "full model across nodes with that proxy on one node" if "proxy" in single["metadata"] else "")})
 
 
 def serve(v: Verdict, run: Run, pipeline: list[str], attempt: int) -> tuple[Server, Exception | None]:

@@ -72,8 +72,9 @@ def dims(cfg: dict[str, Any]) -> dict[str, Any]:
 def model_config(model: dict[str, Any]) -> dict[str, Any]:
     """The model's config.json as a dict; for the tiny model, the parts the plan reads."""
     if model["name"] == "tiny" and not model.get("path"):
+        # tinymodel builds Falcon with the new decoder architecture (grouped KV heads).
         return {"model_type": model.get("architecture", "qwen2"), "num_hidden_layers": model["tiny_layers"],
-                **TINY_SHAPE}
+                "new_decoder_architecture": True, **TINY_SHAPE}
     return json.loads((Path(model["path"]) / "config.json").read_text())
 
 
@@ -104,7 +105,8 @@ def make_plan(parallel: dict[str, Any], nodes: int, gpus_per_node: int, shape: d
     if heads and heads % tp:
         errors.append(f"parallel.tensor_parallel_size={tp} does not divide the model's {heads} attention heads")
     kv = shape.get("num_key_value_heads")
-    if kv and kv % tp and tp % kv and not (heads and heads % tp):  # vLLM splits KV heads over TP ranks or replicates them evenly
+    # vLLM splits KV heads over TP ranks, or replicates them evenly.
+    if kv and kv % tp and tp % kv and not (heads and heads % tp):
         errors.append(f"parallel.tensor_parallel_size={tp} neither divides nor is a multiple of the model's "
                       f"{kv} KV heads")
     if pp > nodes:
@@ -170,6 +172,12 @@ class Fit:
     def fits_pipeline(self, pp: int) -> bool:
         """The full model over pp nodes fits each one (conservatively: embeddings and head on one stage)."""
         return self.need_bytes(-(-self.layers // pp)) <= self.node_bytes
+
+    def serve_args(self) -> list[str]:
+        """`vllm serve` arguments of the proxy: the same config with fewer layers (none for the full model)."""
+        if self.proxy_layers is None:
+            return []
+        return ["--hf-overrides", json.dumps({"num_hidden_layers": self.proxy_layers})]
 
     def describe(self) -> str:
         need, have = self.need_bytes() / GIB, self.node_bytes / GIB

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ladder import roofline, slurm, vllmserver
+from ladder import plan, roofline, slurm, vllmserver
 from ladder.bench import run_sweep
 from ladder.logs import shorten
 from ladder.monitor import Sampler
@@ -62,7 +62,7 @@ def roofline_checks(v: Verdict, out_dir: Path, bandwidth: dict[str, Any] | None,
 
 
 def check(v: Verdict, a: argparse.Namespace, cfg: dict[str, Any], srv: Server, versions: dict[str, Any], tp: int,
-          bandwidth: dict[str, Any] | None) -> None:
+          bandwidth: dict[str, Any] | None, fit: plan.Fit | None) -> None:
     """Smoke requests, the greedy reference outputs, the bench sweep and its reference checks."""
     smoke(v, srv)
     outputs, prompts = srv.greedy(), vllmserver.PROMPTS
@@ -72,10 +72,38 @@ def check(v: Verdict, a: argparse.Namespace, cfg: dict[str, Any], srv: Server, v
                         srv.log.parent / "bench.log")
     meta = metadata(cfg, versions, v.nodes, {"tensor_parallel_size": tp, "pipeline_parallel_size": 1},
                     a.config_hash, srv.served_name)
+    if fit and fit.proxy_layers:
+        meta["proxy"] = {"layers": fit.proxy_layers, "of": fit.layers, "why": fit.describe()}
     write_json(a.out_dir / "bench.json", {"metadata": meta, "results": results})
     refs = cfg["references"].get(cfg["cluster"]["name"], {})
     perf_checks(v, "single", results, refs)
     roofline_checks(v, a.out_dir, bandwidth, results, srv.log, srv.model_path, cfg["model"]["dtype"], tp, refs)
+
+
+def model_fit(v: Verdict, cfg: dict[str, Any], probe_node: dict[str, Any], model_path: str,
+              tp: int) -> plan.Fit | None:
+    """On GPU nodes: does the full model fit this node? Else the proxy single serves (ladder.plan.Fit)."""
+    devices = probe_node["gpus"]["devices"]
+    if not cfg["cluster"]["gpus_per_node"] or not devices:
+        return None
+    m = cfg["model"]
+    model_cfg = json.loads((Path(model_path) / "config.json").read_text())
+    dtype = m["dtype"] if m["dtype"] != "auto" else str(model_cfg.get("torch_dtype") or model_cfg.get("dtype"))
+    nbytes = roofline.DTYPE_BYTES.get(dtype, 2)
+    fit = plan.fit_one_node(model_cfg, nbytes, tp, min(d["memory_mib"] for d in devices) * 2**20,
+                            m["max_model_len"], fp8_weights=m["quantization"] == "fp8",
+                            kv_bytes=1 if m["kv_cache_dtype"].startswith("fp8") else nbytes)
+    need, have = round(fit.need_bytes() / plan.GIB, 2), f"<= {fit.node_bytes / plan.GIB:.1f}"
+    v.metrics["model_need_gib"] = need
+    if fit.proxy_layers is None:
+        v.check("model_fits_one_node", True, need, have, "GiB", detail=fit.describe())
+    elif m["load_format"] != "dummy":
+        v.check("model_fits_one_node", False, need, have, "GiB", detail=fit.describe() + "; ladder serves a proxy "
+                "only with model.load_format: dummy (the checkpoint holds weights for every layer)")
+    else:
+        v.check("model_fits_one_node", None, fit.proxy_layers, fit.layers, "layers served", detail=fit.describe())
+        v.metrics["proxy_layers"] = fit.proxy_layers
+    return fit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,11 +121,18 @@ def main(argv: list[str] | None = None) -> int:
     versions = json.loads((a.results / "env" / "versions.json").read_text())
     v.versions = {k: versions["versions"].get(k, "") for k in ("vllm", "torch", "ray")}
     sampler = Sampler(a.out_dir / "monitor" / f"{node}.csv", node, cfg["monitor"]["interval_s"])
+    probe = {n["slurm_node"]: n for n in json.loads((a.results / "probe" / "nodes.json").read_text())["nodes"]}
+    if found := plan.quantization_problems(cfg["model"], cfg["env"]["flavor"], list(probe.values())):
+        v.check("quantization", False, None, "supported by the nodes", detail="; ".join(found))
+        return v.finish(a.out_dir / "verdict.json")
     srv = None
     try:
         t0 = time.monotonic()
         model_path, served = resolve_model(cfg["model"], a.cache.resolve())
         v.metrics["model_prepare_s"] = round(time.monotonic() - t0, 2)
+        fit = model_fit(v, cfg, probe.get(node, next(iter(probe.values()))), model_path, tp)
+        if v.failed:
+            return v.finish(a.out_dir / "verdict.json")
         key = api_key(cfg["serve"]["api_key_env"], cfg["serve"]["api_key_file"])
         bandwidth = None
         if cfg["cluster"]["gpus_per_node"]:
@@ -108,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             except (RuntimeError, subprocess.TimeoutExpired, ValueError) as err:
                 v.check("hbm_bandwidth", None, detail=f"not measured: {err}"[:500])
         srv = Server(model_path, served, ports["serve"], key, a.log_dir / node / "vllm-serve.log",
-                     args=serve_args(cfg, tp, 1, ray=False), env=env)
+                     args=serve_args(cfg, tp, 1, ray=False) + (fit.serve_args() if fit else []), env=env)
         sampler.start()
         srv.start()
         healthy = check_healthy(v, srv, cfg["serve"]["health_timeout_s"])
         if healthy is not None:
             v.metrics["time_to_healthy_s"] = round(healthy, 1)
-            check(v, a, cfg, srv, versions, tp, bandwidth)
+            check(v, a, cfg, srv, versions, tp, bandwidth, fit)
     except (ServerError, RuntimeError) as err:
         v.check("serve", False, None, "a healthy server", detail=shorten(str(err)))
         print(str(err), file=sys.stderr, flush=True)

@@ -267,18 +267,38 @@ def build(out: Path, recipe: Recipe) -> str:
     return f"tinymodel: built {out} (recipe {digest}, {n_params} params, {time.monotonic() - start:.1f} s)"
 
 
-# Public architecture values (Meta-Llama-3-8B config.json); bos/eos are set to the local
-# tokenizer's specials at build time.
+# Public architecture values (the config.json of Meta-Llama-3-8B, Meta-Llama-3-70B, Mistral-7B-v0.1,
+# Falcon-7B, Qwen2-7B); bos/eos are set to the local tokenizer's specials at build time.
+_LLAMA3 = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+           "max_position_embeddings": 8192, "rms_norm_eps": 1e-05, "rope_theta": 500000.0, "rope_scaling": None,
+           "vocab_size": 128256, "tie_word_embeddings": False, "attention_bias": False, "attention_dropout": 0.0,
+           "mlp_bias": False, "initializer_range": 0.02, "use_cache": True, "torch_dtype": "bfloat16"}
 SHAPES: dict[str, dict[str, object]] = {
-    "llama3-8b": {
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-        "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
-        "max_position_embeddings": 8192, "rms_norm_eps": 1e-05, "rope_theta": 500000.0,
-        "rope_scaling": None, "vocab_size": 128256, "tie_word_embeddings": False,
-        "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
+    "llama3-70b": {**_LLAMA3, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+                   "num_attention_heads": 64, "num_key_value_heads": 8, "head_dim": 128},
+    "mistral-7b": {
+        "architectures": ["MistralForCausalLM"], "model_type": "mistral", "hidden_act": "silu",
+        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "max_position_embeddings": 32768, "sliding_window": 4096,
+        "rms_norm_eps": 1e-05, "rope_theta": 10000.0, "vocab_size": 32000, "tie_word_embeddings": False,
         "initializer_range": 0.02, "use_cache": True, "torch_dtype": "bfloat16",
     },
+    "falcon-7b": {  # multi-query attention (one KV head), 71 query heads, parallel attention + MLP
+        "architectures": ["FalconForCausalLM"], "model_type": "falcon", "hidden_size": 4544,
+        "num_hidden_layers": 32, "num_attention_heads": 71, "multi_query": True, "new_decoder_architecture": False,
+        "parallel_attn": True, "bias": False, "alibi": False, "layer_norm_epsilon": 1e-05,
+        "max_position_embeddings": 2048, "rope_theta": 10000.0, "vocab_size": 65024, "hidden_dropout": 0.0,
+        "attention_dropout": 0.0, "initializer_range": 0.02, "use_cache": True, "torch_dtype": "bfloat16",
+    },
+    "qwen2-7b": {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu", "hidden_size": 3584,
+        "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+        "max_position_embeddings": 131072, "max_window_layers": 28, "sliding_window": 131072,
+        "use_sliding_window": False, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "vocab_size": 152064,
+        "tie_word_embeddings": False, "initializer_range": 0.02, "use_cache": True, "torch_dtype": "bfloat16",
+    },
+    "llama3-8b": {**_LLAMA3, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128},
 }
 SHAPE_TOKENIZER_VOCAB = 8192  # merges learnt from the local corpus; the rest is filler
 

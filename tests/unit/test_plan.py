@@ -85,3 +85,123 @@ def test_model_shape_multimodal_text_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"text_config": {
         "num_attention_heads": 16, "num_hidden_layers": 12, "num_key_value_heads": 4}}))
     assert model_shape({"name": "m", "path": str(tmp_path)})["num_key_value_heads"] == 4
+
+
+# ----------------------------------------------------------------------------- families, quantization, fit
+from ladder.plan import dims, family_problems, fit_one_node, quantization_problems  # noqa: E402
+from ladder.tinymodel import SHAPES  # noqa: E402
+
+
+@pytest.mark.parametrize(("shape", "family", "heads", "kv", "layers"), [
+    ("llama3-70b", "llama", 64, 8, 80),
+    ("mistral-7b", "mistral", 32, 8, 32),
+    ("falcon-7b", "falcon", 71, 1, 32),  # multi-query: one KV head
+    ("qwen2-7b", "qwen2", 28, 4, 28),
+])
+def test_dims_of_real_shapes(shape, family, heads, kv, layers):
+    d = dims(SHAPES[shape])
+    assert (d["family"], d["num_attention_heads"], d["num_key_value_heads"], d["num_hidden_layers"]) == (
+        family, heads, kv, layers)
+
+
+def test_falcon_new_decoder_architecture_kv_heads_and_old_names():
+    assert dims({"model_type": "falcon", "new_decoder_architecture": True, "num_attention_heads": 4,
+                 "num_kv_heads": 2, "num_hidden_layers": 4})["num_key_value_heads"] == 2
+    old = dims({"model_type": "falcon", "n_head": 71, "n_layer": 32})  # RefinedWeb-era key names
+    assert (old["num_attention_heads"], old["num_hidden_layers"], old["num_key_value_heads"]) == (71, 32, 1)
+
+
+def test_falcon7b_heads_force_tp1():
+    plan = make_plan(AUTO, 2, 8, model_shape_of("falcon-7b"))
+    assert plan.tensor_parallel_size == 1  # 71 heads: no TP > 1 divides them
+    with pytest.raises(PlanError, match="does not divide the model's 71 attention heads"):
+        make_plan(par(tp=2), 2, 8, model_shape_of("falcon-7b"))
+
+
+def model_shape_of(shape: str) -> dict[str, int]:
+    d = dims(SHAPES[shape])
+    return {k: d[k] for k in ("num_attention_heads", "num_key_value_heads", "num_hidden_layers")}
+
+
+def test_tp_must_split_or_replicate_kv_heads_evenly():
+    with pytest.raises(PlanError, match="neither divides nor is a multiple of the model's 6 KV heads"):
+        make_plan(par(tp=4), 1, 4, {"num_attention_heads": 24, "num_key_value_heads": 6, "num_hidden_layers": 4})
+    assert make_plan(par(tp=4), 1, 4, {"num_attention_heads": 32, "num_key_value_heads": 2}).tensor_parallel_size == 4
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama", "mistral", "falcon"])
+def test_tiny_families_are_supported(family):
+    model = {"name": "tiny", "path": None, "tiny_layers": 4, "architecture": family}
+    assert family_problems(model) == []
+    assert model_shape(model) == {**TINY_SHAPE, "num_hidden_layers": 4}
+
+
+def test_unsupported_family_named(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_head": 12, "n_layer": 12}))
+    [msg] = family_problems({"name": "m", "path": str(tmp_path)})
+    assert msg.startswith(f"model.path: {tmp_path / 'config.json'}: model_type 'gpt2' is not a family")
+    assert "falcon, llama, mistral, qwen2" in msg
+
+
+def probe_node(name: str, fp8_isa: list[str] | None = None, caps: tuple[str, ...] = ()) -> dict:
+    return {"slurm_node": name, "cpu": {"fp8_isa": fp8_isa or []},
+            "gpus": {"devices": [{"compute_capability": c} for c in caps]}}
+
+
+@pytest.mark.parametrize(("model", "flavor", "nodes", "message"), [
+    ({"quantization": "fp8"}, "cpu", None, "model.quantization=fp8: not supported with env.flavor=cpu"),
+    ({"kv_cache_dtype": "fp8"}, "cpu", [probe_node("n1", ["avx512f"]), probe_node("n2")],
+     "model.kv_cache_dtype=fp8: vLLM's FP8 KV cache on CPU needs AVX-512 or AMX, which n2 lack(s)"),
+    ({"quantization": "fp8"}, "cuda", [probe_node("n1", caps=("8.0", "8.0"))],
+     "model.quantization=fp8: needs GPUs with compute capability >= 8.9 (FP8); the probe found 8.0"),
+    ({"kv_cache_dtype": "fp8_e5m2"}, "cuda", [probe_node("n1", caps=("7.5",))],
+     "model.kv_cache_dtype=fp8_e5m2: needs GPUs with compute capability >= 8.9"),
+])
+def test_quantization_refused_naming_the_key(model, flavor, nodes, message):
+    [msg] = quantization_problems(model, flavor, nodes)
+    assert msg.startswith(message), msg
+
+
+@pytest.mark.parametrize(("model", "flavor", "nodes"), [
+    ({}, "cpu", None),
+    ({"quantization": None, "kv_cache_dtype": "auto"}, "cuda", [probe_node("n1", caps=("7.0",))]),
+    ({"kv_cache_dtype": "fp8"}, "cpu", [probe_node("n1", ["amx_tile"])]),
+    ({"quantization": "fp8", "kv_cache_dtype": "fp8"}, "cuda", [probe_node("n1", caps=("9.0", "8.9"))]),
+    ({"quantization": "fp8"}, "cuda", None),  # before the probe: checked again by single
+])
+def test_quantization_accepted(model, flavor, nodes):
+    assert quantization_problems(model, flavor, nodes) == []
+
+
+H200 = 143771 * 2**20  # memory_mib NVML reports for one H200
+
+
+def test_llama3_8b_weights_match_vllm():
+    fit = fit_one_node(SHAPES["llama3-8b"], 2, 1, H200, 0)
+    assert fit.need_bytes() / 2**30 == pytest.approx(14.96, abs=0.01)  # vLLM: "Model loading took 14.96 GiB"
+    assert fit.proxy_layers is None and fit.serve_args() == [] and "fits one node" in fit.describe()
+
+
+def test_llama3_70b_needs_a_proxy_on_one_h200_not_on_two_or_in_fp8():
+    fit = fit_one_node(SHAPES["llama3-70b"], 2, 1, H200, 8192)
+    assert fit.layers == 80 and fit.proxy_layers is not None and fit.proxy_layers < 80
+    assert fit.need_bytes(fit.proxy_layers) <= fit.node_bytes < fit.need_bytes(fit.proxy_layers + 1)
+    assert fit.serve_args() == ["--hf-overrides", json.dumps({"num_hidden_layers": fit.proxy_layers})]
+    assert f"proxy with {fit.proxy_layers} of 80 layers" in fit.describe()
+    assert fit.fits_pipeline(2) and not fit.fits_pipeline(1)
+    assert fit_one_node(SHAPES["llama3-70b"], 2, 2, H200, 8192).proxy_layers is None  # TP=2 over a node's 2 GPUs
+    assert fit_one_node(SHAPES["llama3-70b"], 2, 1, H200, 8192, fp8_weights=True).proxy_layers is None
+
+
+def test_kv_cache_counts_and_fp8_kv_halves_it():
+    long = fit_one_node(SHAPES["llama3-8b"], 2, 1, H200, 100_000)
+    short = fit_one_node(SHAPES["llama3-8b"], 2, 1, H200, 0)
+    fp8 = fit_one_node(SHAPES["llama3-8b"], 2, 1, H200, 100_000, kv_bytes=1)
+    kv = long.need_bytes() - short.need_bytes()
+    assert kv == 100_000 * 2 * 32 * 8 * 128 * 2  # K and V, 32 layers, 8 KV heads x 128, bf16
+    assert fp8.need_bytes() - short.need_bytes() == kv // 2
+
+
+def test_not_even_one_layer_fits():
+    with pytest.raises(PlanError, match="not even one layer fits"):
+        fit_one_node(SHAPES["llama3-70b"], 2, 1, 2**30, 8192)

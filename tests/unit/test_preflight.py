@@ -82,6 +82,31 @@ def test_checkpoint_shape_feeds_the_planner(basedir, tmp_path):
     assert found == ["parallel.tensor_parallel_size=3 does not divide the model's 32 attention heads"]
 
 
+def test_unsupported_family_rejected(basedir, tmp_path):
+    d = model_dir(tmp_path, weights=True)
+    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_head": 12, "n_layer": 12}))
+    [found] = preflight.problems(cfg(model={"name": "m", "path": str(d)}), basedir)
+    assert found.startswith("model.path: ") and "model_type 'gpt2' is not a family ladder supports" in found
+
+
+def test_fp8_refused_on_cpu(basedir):
+    [found] = preflight.problems(cfg(model={"quantization": "fp8"}), basedir)
+    assert found.startswith("model.quantization=fp8: not supported with env.flavor=cpu")
+
+
+def test_earlier_probe_refuses_fp8_on_old_gpus(basedir, tmp_path, monkeypatch):
+    """The probe of an earlier run in this work directory knows the GPUs: FP8 on an A100 fails here."""
+    (basedir / "envs" / "cuda.lock.txt").write_text("vllm==0.26.0\n")
+    monkeypatch.chdir(tmp_path)
+    config = cfg(env={"flavor": "cuda"}, cluster={"gpus_per_node": 1}, model={"quantization": "fp8"})
+    assert preflight.problems(config, basedir) == []  # no probe yet: single checks it before serving
+    (tmp_path / "results" / "probe").mkdir(parents=True)
+    (tmp_path / "results" / "probe" / "nodes.json").write_text(json.dumps({"nodes": [
+        {"slurm_node": "g1", "gpus": {"devices": [{"compute_capability": "8.0"}]}}]}))
+    assert preflight.problems(config, basedir) == [
+        "model.quantization=fp8: needs GPUs with compute capability >= 8.9 (FP8); the probe found 8.0"]
+
+
 def test_plan_violation(basedir):
     found = preflight.problems(cfg(parallel={"pipeline_parallel_size": 3}), basedir)
     assert found == ["parallel.pipeline_parallel_size=3 exceeds cluster.nodes=2"]

@@ -38,8 +38,42 @@ def test_recipe_hash_is_stable_and_tracks_every_input(corpus: list[Path]) -> Non
     assert base == recipe_hash(Recipe(), corpus)
     assert recipe_hash(Recipe(seed=1), corpus) != base
     assert recipe_hash(Recipe(layers=3), corpus) != base
+    assert recipe_hash(Recipe(architecture="llama"), corpus) != base
     corpus[1].write_text("other text\n")
     assert recipe_hash(Recipe(), corpus) != base
+
+
+def test_qwen2_hash_unchanged_by_the_architecture_field(corpus: list[Path]) -> None:
+    """Builds cached before families existed stay valid: qwen2 hashes without the new field."""
+    import dataclasses
+    import hashlib
+
+    fields = {k: v for k, v in dataclasses.asdict(Recipe()).items() if k != "architecture"}
+    h = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    for path in corpus:
+        h.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    assert recipe_hash(Recipe(), corpus) == h.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(("family", "cls", "specific"), [
+    ("qwen2", "Qwen2Config", {"num_key_value_heads": 2}),
+    ("llama", "LlamaConfig", {"num_key_value_heads": 2}),
+    ("mistral", "MistralConfig", {"sliding_window": tinymodel.TINY_SLIDING_WINDOW, "num_key_value_heads": 2}),
+    ("falcon", "FalconConfig", {"new_decoder_architecture": True, "num_kv_heads": 2, "parallel_attn": True}),
+])
+def test_tiny_config_per_family(family: str, cls: str, specific: dict) -> None:
+    config = tinymodel.tiny_config(Recipe(architecture=family, layers=3), bos=0, eos=2)
+    assert type(config).__name__ == cls
+    assert (config.num_hidden_layers, config.num_attention_heads, config.hidden_size, config.vocab_size) == (
+        3, 4, 128, 2048)
+    assert (config.bos_token_id, config.eos_token_id) == (0, 2)
+    assert {k: getattr(config, k) for k in specific} == specific
+
+
+def test_mistral_window_shorter_than_what_the_greedy_check_generates() -> None:
+    from ladder.vllmserver import GREEDY_TOKENS
+
+    assert tinymodel.TINY_SLIDING_WINDOW < GREEDY_TOKENS + 2 < Recipe().max_position
 
 
 def test_valid_model_dir_has_no_problems(model_dir: Path) -> None:
