@@ -94,3 +94,10 @@ def test_captured_pp2_flip_is_a_near_tie():
     assert sum(a["text"] != b["text"] for a, b in zip(single, split, strict=True)) == 1
     # A tolerance below the flip's gap makes it a mismatch: the tolerance is what decides.
     assert summary(compare(single, split, 0.001))["counts"][MISMATCH] == 1
+
+
+def test_captured_perturbed_stage_two_is_a_mismatch():
+    """The same multinode run after the weights of pipeline stage 2's layers were perturbed in place."""
+    rows = compare(captured("single.json"), captured("broken.json"), 0.05)
+    assert summary(rows)["counts"][MISMATCH] == len(rows) == 6
+    assert all(r.position == 0 and "not in the other run's top-k" in r.detail for r in rows)
