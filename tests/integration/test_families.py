@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_snakemake
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
@@ -73,14 +73,24 @@ def llama_dir(tmp_path_factory) -> Path:
     return base / "llama"
 
 
+@pytest.fixture(scope="module")
+def llama_run(sandbox, workdir, llama_dir):
+    """single + multinode of the transformers-saved Llama (env, probe, ray once for the module)."""
+    return run_snakemake(sandbox, TARGET, overrides=SMALL | {"model": {"name": "tiny-llama", "path": str(llama_dir)}},
+                         workdir=workdir, timeout=1800)
+
+
+@pytest.fixture(scope="module")
+def broken_run(sandbox, workdir, llama_dir, llama_run):
+    """After llama_run: stage 2's weights perturbed in place, multinode forced again against the cached single."""
+    assert llama_run.returncode == 0, "needs single's outputs of the intact model in the work dir"
+    subprocess.run([sys.executable, "-c", PERTURB, str(llama_dir)], check=True, timeout=120)
+    return run_snakemake(sandbox, TARGET, overrides=SMALL | {"model": {"name": "tiny-llama", "path": str(llama_dir)}},
+                         workdir=workdir, timeout=1800, extra=("--forcerun", "multinode"))
+
+
 def verdict(run, stage: str, failed: bool = False) -> dict:
     return json.loads((run.results / stage / ("verdict.failed.json" if failed else "verdict.json")).read_text())
-
-
-def split_result(run, stage_verdict: dict) -> dict:
-    check = next(c for c in stage_verdict["checks"] if c["name"] == "outputs_match_single")
-    e2e = json.loads((run.results / "multinode" / "e2e.json").read_text())
-    return {"check": check, "prompts": e2e["split_check"]["prompts"]}
 
 
 def passes(run, sandbox) -> dict:
@@ -91,16 +101,15 @@ def passes(run, sandbox) -> dict:
     multi = verdict(run, "multinode")
     placed = next(c for c in multi["checks"] if c["name"] == "pipeline_rank_per_node")["value"]
     assert sorted(placed.values()) == ["n1", "n2"]
-    split = split_result(run, multi)
-    assert split["check"]["ok"] is True and split["check"]["value"]["mismatch"] == 0
+    check = next(c for c in multi["checks"] if c["name"] == "outputs_match_single")
+    assert check["ok"] is True and check["value"]["mismatch"] == 0
     assert sandbox.stray_processes() == []
-    print(f"split check: {split['check']['value']} ({split['check']['detail']})")
-    return split
+    print(f"split check: {check['value']} ({check['detail']})")
+    return json.loads((run.results / "multinode" / "e2e.json").read_text())["split_check"]
 
 
-def test_transformers_saved_llama_dir(run_dag, sandbox, workdir, llama_dir):
-    run = run_dag(TARGET, overrides=SMALL | {"model": {"name": "tiny-llama", "path": str(llama_dir)}},
-                  workdir=workdir, timeout=1800)
+def test_transformers_saved_llama_dir(llama_run, sandbox):
+    run = llama_run
     split = passes(run, sandbox)
     outputs = json.loads((run.results / "single" / "outputs.json").read_text())["outputs"]
     assert all(len(o["tokens"]) == len(o["top_logprobs"]) == 16 for o in outputs)
@@ -111,12 +120,10 @@ def test_transformers_saved_llama_dir(run_dag, sandbox, workdir, llama_dir):
     print(f"transformers-saved llama: {run.elapsed:.0f}s")
 
 
-def test_broken_split_fails_with_mismatch(run_dag, workdir, llama_dir):
-    subprocess.run([sys.executable, "-c", PERTURB, str(llama_dir)], check=True, timeout=120)
-    run = run_dag(TARGET, overrides=SMALL | {"model": {"name": "tiny-llama", "path": str(llama_dir)}},
-                  workdir=workdir, timeout=1800, extra=("--forcerun", "multinode"))
+def test_broken_split_fails_with_mismatch(broken_run):
+    run = broken_run
     assert run.returncode != 0
-    assert set(run.submitted()) == {"multinode"}  # single (the unperturbed reference) stayed cached
+    assert set(run.submitted()) == {"multinode"}  # single (the intact model's reference) stayed cached
     v = verdict(run, "multinode", failed=True)
     check = next(c for c in v["checks"] if c["name"] == "outputs_match_single")
     assert check["ok"] is False and check["value"]["mismatch"] >= 1, check
@@ -128,9 +135,9 @@ def test_broken_split_fails_with_mismatch(run_dag, workdir, llama_dir):
     ("mistral", "MistralForCausalLM", {"sliding_window": 16}),
     ("falcon", "FalconForCausalLM", {"new_decoder_architecture": True, "num_kv_heads": 2}),
 ])
-def test_tiny_family(run_dag, sandbox, workdir, family, arch, specific):
-    run = run_dag(TARGET, overrides=SMALL | {"model": {"tiny_layers": 4, "architecture": family}},
-                  workdir=workdir, timeout=1800)
+def test_tiny_family(sandbox, workdir, family, arch, specific):
+    run = run_snakemake(sandbox, TARGET, overrides=SMALL | {"model": {"tiny_layers": 4, "architecture": family}},
+                        workdir=workdir, timeout=1800)
     passes(run, sandbox)
     config = json.loads((ROOT / ".cache" / "models" / f"tiny-{family}-l4" / "config.json").read_text())
     assert config["architectures"] == [arch] and specific.items() <= config.items()
