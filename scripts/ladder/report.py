@@ -208,7 +208,7 @@ def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "
         srows = [[lv, *r.values()] for lv, r in scaling["ratios_multinode_over_single"].items()]
         keys = list(next(iter(scaling["ratios_multinode_over_single"].values()), {}).keys())
         parts += ["<h2>Scaling: multinode / single (same bench settings, same run)</h2>",
-                  table(["concurrency", *keys], srows)]
+                  f"<p>{esc(scaling.get('note', ''))}</p>", table(["concurrency", *keys], srows)]
     if single:
         brow = []
         for name, data in (("single", single), ("multinode", multi)):
