@@ -169,10 +169,6 @@ class Fit:
     def need_bytes(self, layers: int | None = None) -> int:
         return self.outside_bytes + (self.layers if layers is None else layers) * self.layer_bytes
 
-    def fits_pipeline(self, pp: int) -> bool:
-        """The full model over pp nodes fits each one (conservatively: embeddings and head on one stage)."""
-        return self.need_bytes(-(-self.layers // pp)) <= self.node_bytes
-
     def serve_args(self) -> list[str]:
         """`vllm serve` arguments of the proxy: the same config with fewer layers (none for the full model)."""
         if self.proxy_layers is None:

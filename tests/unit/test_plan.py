@@ -188,7 +188,6 @@ def test_llama3_70b_needs_a_proxy_on_one_h200_not_on_two_or_in_fp8():
     assert fit.need_bytes(fit.proxy_layers) <= fit.node_bytes < fit.need_bytes(fit.proxy_layers + 1)
     assert fit.serve_args() == ["--hf-overrides", json.dumps({"num_hidden_layers": fit.proxy_layers})]
     assert f"proxy with {fit.proxy_layers} of 80 layers" in fit.describe()
-    assert fit.fits_pipeline(2) and not fit.fits_pipeline(1)
     assert fit_one_node(SHAPES["llama3-70b"], 2, 2, H200, 8192).proxy_layers is None  # TP=2 over a node's 2 GPUs
     assert fit_one_node(SHAPES["llama3-70b"], 2, 1, H200, 8192, fp8_weights=True).proxy_layers is None
 
