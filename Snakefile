@@ -28,6 +28,7 @@ include: "rules/env.smk"
 include: "rules/probe.smk"
 include: "rules/ray.smk"
 include: "rules/single.smk"
+include: "rules/tune.smk"
 include: "rules/multinode.smk"
 include: "rules/report.smk"
 

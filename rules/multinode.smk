@@ -6,6 +6,7 @@ rule multinode:
         reference=rules.single.output.outputs,
         single_bench=rules.single.output.bench,
         config=stage_config("multinode"),
+        tuned=TUNED_GATE,
     output:
         verdict="results/multinode/verdict.json",
         bench="results/multinode/bench.json",

@@ -8,6 +8,7 @@ rule report:
         monitor=[rules.ray.output.monitor, rules.single.output.monitor, rules.multinode.output.monitor],
         benchmarks=expand("results/benchmarks/{stage}.tsv", stage=["env", "probe", "ray", "single", "multinode"]),
         config=stage_config("report"),
+        tune=TUNE_OUTPUTS,
     output:
         index="results/report/index.html",
         throughput=report("results/report/throughput.png", caption="../report/throughput.rst", category="Performance"),

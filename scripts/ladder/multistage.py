@@ -23,7 +23,8 @@ from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 from ladder import slurm
 from ladder.bench import ratios, run_sweep
 from ladder.e2e import run_suite, soak
-from ladder.logs import shorten
+from ladder.goodput import tuned_serve_args
+from ladder.logs import last_run, shorten
 from ladder.plan import PlanError, make_plan, model_shape
 from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
 from ladder.raystage import check_nodes, check_tasks
@@ -129,7 +130,8 @@ def start(run: Run, pipeline: list[str]) -> Server:
     env = spec.env | {"RAY_ADDRESS": spec.address, "VLLM_HOST_IP": spec.addrs[head],
                      "GLOO_SOCKET_IFNAME": spec.ifaces[head], "NCCL_SOCKET_IFNAME": spec.ifaces[head]}
     srv = Server(run.model_path, run.served, spec.ports["serve"], run.key, run.a.log_dir / head / "vllm-serve.log",
-                 args=serve_args(run.cfg, run.tp, len(pipeline), ray=True), env=env)
+                 args=serve_args(run.cfg, run.tp, len(pipeline), ray=True) + tuned_serve_args(run.a.results,
+                                                                                              run.cfg["tune"]), env=env)
     srv.start()
     return srv
 
@@ -137,6 +139,12 @@ def start(run: Run, pipeline: list[str]) -> Server:
 def check(v: Verdict, run: Run, srv: Server, pipeline: list[str], attempt: int) -> None:
     """Placement, the end-to-end suite against the single stage's outputs, bench, soak, scaling."""
     cfg, a, pp = run.cfg, run.a, len(pipeline)
+    tuned = tuned_serve_args(a.results, cfg["tune"])
+    if cfg["tune"]["enabled"] and cfg["tune"]["apply"]:
+        launched = last_run(srv.log)[0].split()
+        v.check("serves_tuned_settings", all(x in launched for x in tuned), tuned,
+                "results/tune/best.json's serve_args on the server's command line",
+                detail="tune.apply; [] = vLLM's defaults won the tune stage")
     placed = placed_workers(run.cluster)
     v.check("pipeline_rank_per_node", sorted(placed) == list(range(pp)) and set(placed.values()) == set(pipeline),
             placed, f"{pp} PP ranks on {', '.join(pipeline)}", detail="vLLM's Ray worker actors and their nodes")
@@ -152,13 +160,20 @@ def check(v: Verdict, run: Run, srv: Server, pipeline: list[str], attempt: int) 
     if cfg["bench"]["soak_s"]:
         write_json(a.out_dir / "soak.json", soak(v, srv, cfg["bench"]["soak_s"], cfg["bench"]["soak_clients"]))
     single = json.loads((a.results / "single" / "bench.json").read_text())
-    write_json(a.out_dir / "scaling.json", {
+    scaling = {
         "single": {"plan": single["metadata"]["plan"], "nodes": single["metadata"]["nodes"]},
-        "multinode": {"plan": meta["plan"], "nodes": meta["nodes"]},
+        "multinode": {"plan": meta["plan"], "nodes": meta["nodes"], "tuned_args": tuned},
         "ratios_multinode_over_single": ratios(results, single["results"]),
         "note": "ratios of runs with identical bench settings; >1 throughput = faster multinode"
                 + (f"; single served a proxy ({single['metadata']['proxy']['why']}): the ratios compare the "
-                   "full model across nodes with that proxy on one node" if "proxy" in single["metadata"] else "")})
+                   "full model across nodes with that proxy on one node" if "proxy" in single["metadata"] else "")}
+    tuned_bench = a.results / "tune" / "bench.json"
+    if cfg["tune"]["enabled"] and tuned_bench.exists():
+        # The same closed-loop levels, measured by tune on one node with the winning settings.
+        tuned_single = json.loads(tuned_bench.read_text())
+        scaling["ratios_multinode_over_tuned_single"] = ratios(results, tuned_single["results"])
+        scaling["tuned_single"] = {"args": tuned_single["metadata"]["tuned_args"]}
+    write_json(a.out_dir / "scaling.json", scaling)
 
 
 def serve(v: Verdict, run: Run, pipeline: list[str], attempt: int) -> tuple[Server, Exception | None]:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ladder.goodput import space_errors
 from ladder.plan import PlanError, family_problems, make_plan, model_shape, quantization_problems
 from ladder.slurm import job_ports
 
@@ -48,6 +49,7 @@ def problems(config: dict[str, Any], basedir: Path) -> list[str]:
         out.append(f"env.flavor={flavor}: envs/{flavor}.lock.txt does not exist")
     if flavor == "cpu" and config["cluster"]["gpus_per_node"]:
         out.append("env.flavor=cpu with cluster.gpus_per_node > 0: use env.flavor=cuda for GPU nodes")
+    out += space_errors(config["tune"], config["cluster"]["gpus_per_node"])
     part = config["cluster"]["partition"]
     if part and shutil.which("sinfo"):
         res = subprocess.run(["sinfo", "-h", "-p", part, "-o", "%P"], capture_output=True, text=True, timeout=30)

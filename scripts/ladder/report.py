@@ -11,6 +11,7 @@ import argparse
 import csv
 import html
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -169,9 +170,38 @@ def fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def tune_part(results: Path, out: Path, scaling: dict[str, Any] | None) -> tuple[list[str], list[str]]:
+    """HTML and plots of tune: every candidate against vLLM's defaults, and multinode vs the tuned baseline."""
+    sweep, best = load(results / "tune" / "sweep.json"), load(results / "tune" / "best.json")
+    if not sweep:
+        return [], []
+    plots = []
+    for png in ("goodput.png", "pareto.png"):
+        if (results / "tune" / png).exists():
+            shutil.copy(results / "tune" / png, out / f"tune-{png}")
+            plots.append(f"tune-{png}")
+    slo = sweep["metadata"]["slo"]
+    rows = [[c["name"], esc(json.dumps(c["args"])), fmt(c["max_rate_meeting_slo"]), fmt(c["score_goodput"]),
+             esc(c["error"][:200])] for c in sweep["candidates"]]
+    gain = best.get("gain_over_defaults") if best else None
+    winner = f"{best['name']} {json.dumps(best['args'])}" if best else "none"
+    part = [f"<h2>Tune: goodput under the SLO (TTFT {esc(slo.get('ttft_ms'))} ms, TPOT {esc(slo.get('tpot_ms'))} ms, "
+            f"E2E {esc(slo.get('e2el_ms'))} ms; {esc(slo.get('percentile'))} % of requests)</h2>",
+            f"<p>Winner: <b>{esc(winner)}</b>; goodput over vLLM's defaults, same run, same node: "
+            f"<b>{esc(fmt(gain))}×</b>.</p>",
+            table(["candidate", "args", "max rate meeting the SLO (req/s)", "goodput (req/s)", "error"], rows)]
+    if scaling and "ratios_multinode_over_tuned_single" in scaling:
+        r = scaling["ratios_multinode_over_tuned_single"]
+        keys = list(next(iter(r.values()), {}).keys())
+        part += ["<h2>Scaling: multinode / tuned single (tune's closed-loop levels of the winner)</h2>",
+                 table(["concurrency", *keys], [[lv, *x.values()] for lv, x in r.items()])]
+    return part, plots
+
+
 def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    verdicts = {s: load(results / s / "verdict.json") or load(results / s / "verdict.failed.json") for s in STAGES}
+    stages = [*STAGES[:4], "tune", *STAGES[4:]] if config["tune"]["enabled"] else STAGES
+    verdicts = {s: load(results / s / "verdict.json") or load(results / s / "verdict.failed.json") for s in stages}
     single, multi = load(results / "single" / "bench.json"), load(results / "multinode" / "bench.json")
     scaling = load(results / "multinode" / "scaling.json")
     versions = (load(results / "env" / "versions.json") or {}).get("versions", {})
@@ -179,9 +209,11 @@ def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "
     plots = (plot_bench(single, multi, out) if single else []) + plot_monitor(results, out)
     plots.append(plot_breakdown(breakdown, out))
     prev, cur = history(results, verdicts, config_hash)
+    tune_html, tune_plots = tune_part(results, out, scaling)
+    plots += tune_plots
 
     rows = []
-    for s in STAGES:
+    for s in stages:
         v = verdicts[s]
         if not v:
             rows.append([s, badge("missing"), "stage has not run", "", ""])
@@ -209,6 +241,7 @@ def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "
         keys = list(next(iter(scaling["ratios_multinode_over_single"].values()), {}).keys())
         parts += ["<h2>Scaling: multinode / single (same bench settings, same run)</h2>",
                   f"<p>{esc(scaling.get('note', ''))}</p>", table(["concurrency", *keys], srows)]
+    parts += tune_html
     if single:
         brow = []
         for name, data in (("single", single), ("multinode", multi)):
@@ -224,7 +257,7 @@ def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "
         ["stage", "phases"], [[s, ", ".join(f"{k} {v:.1f}" for k, v in b.items())] for s, b in breakdown.items()]))
 
     crow = []
-    for s in STAGES:
+    for s in stages:
         for c in (verdicts[s] or {}).get("checks", []):
             mark = {True: "ok", False: "FAIL", None: "n/a"}[c["ok"]]
             crow.append([s, c["name"], mark, fmt(c["value"]), fmt(c["expected"]), c["unit"], c["detail"]])

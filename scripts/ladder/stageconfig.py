@@ -18,8 +18,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "probe": ("cluster",),
     "ray": ("cluster", "ray", "monitor"),
     "single": ("cluster", "env", "ray", "model", "serve", "bench", "references", "monitor"),
+    "tune": ("cluster", "env", "ray", "model", "serve", "bench", "tune"),
     "multinode": ("cluster", "env", "ray", "model", "parallel", "serve", "bench", "references", "monitor",
-                  "faults"),
+                  "faults", "tune"),
 }
 # Stages not listed (the report) show the whole validated config, so depend on all of it.
 

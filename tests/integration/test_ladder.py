@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -21,6 +22,10 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 STAGES = ["env", "probe", "ray", "single", "multinode"]
 API_KEY = "ladder-test-" + secrets.token_hex(12)
+# 2 nodes with the tune stage (a small search: 2 rates, 20 requests a run); 3 nodes without it.
+TWO = {"cluster": {"nodes": 2}, "bench": {"soak_s": 90},
+       "tune": {"rates": [8, 16], "extend_rates": 0, "num_prompts": 20, "warmup_prompts": 2}}
+THREE = {"cluster": {"nodes": 3}, "bench": {"soak_s": 90}, "tune": {"enabled": False}}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +38,8 @@ def two_node_run(sandbox, workdir):
     """The whole ladder on 2 nodes (env, probe and ray stay cached for the tests that use the work dir)."""
     from conftest import run_snakemake
 
-    return run_snakemake(sandbox, "all", overrides={"cluster": {"nodes": 2}, "bench": {"soak_s": 90}},
-                         workdir=workdir, timeout=1800, env={"LADDER_API_KEY": API_KEY})
+    return run_snakemake(sandbox, "all", overrides=TWO, workdir=workdir, timeout=2400,
+                         env={"LADDER_API_KEY": API_KEY})
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +47,8 @@ def three_node_run(sandbox, workdir, two_node_run):
     """Then 3 nodes by changing cluster.nodes alone, in the same work dir (after the 2-node run)."""
     from conftest import run_snakemake
 
-    return run_snakemake(sandbox, "all", overrides={"cluster": {"nodes": 3}, "bench": {"soak_s": 90}},
-                         workdir=workdir, timeout=2400, env={"LADDER_API_KEY": API_KEY})
+    return run_snakemake(sandbox, "all", overrides=THREE, workdir=workdir, timeout=2400,
+                         env={"LADDER_API_KEY": API_KEY})
 
 
 def verdict(run, stage: str) -> dict:
@@ -109,6 +114,49 @@ def test_ladder_two_nodes(two_node_run, sandbox, workdir):
     print(f"2-node ladder: {run.elapsed:.0f}s")
 
 
+def test_tune_finds_goodput_against_defaults_and_multinode_serves_it(two_node_run):
+    run = two_node_run
+    assert run.returncode == 0, run.stdout[-3000:]
+    tune = run.results / "tune"
+    v = verdict(run, "tune")
+    assert v["status"] == "pass", [c for c in v["checks"] if c["ok"] is False]
+    sweep = json.loads((tune / "sweep.json").read_text())
+    names = [c["name"] for c in sweep["candidates"]]
+    assert names[0] == "defaults" and len(names) >= 2, names
+    defaults = sweep["candidates"][0]
+    assert defaults["points"] and all(p["runs"] == 3 for p in defaults["points"]), defaults
+    assert (tune / "runs" / "defaults" / "rate8-run2.json").exists()  # 3 repetitions of vLLM's own result JSON
+    best = json.loads((tune / "best.json").read_text())
+    assert best["goodput_req_s"] > 0 and best["name"] in names and best["metadata"]["slo"]["ttft_ms"] > 0
+    assert best["gain_over_defaults"] == v["metrics"].get("goodput_gain_over_defaults")
+    assert (tune / "sweep.csv").read_text().count("\n") >= 2
+    for png in ("goodput.png", "pareto.png"):
+        assert (tune / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    baseline = json.loads((tune / "bench.json").read_text())
+    assert set(baseline["results"]) == {"c1", "c4"} and baseline["results"]["c1"]["repetitions"]["n"] == 3
+    # multinode serves the winner and is compared with both baselines.
+    checks = {c["name"]: c for c in verdict(run, "multinode")["checks"]}
+    assert checks["serves_tuned_settings"]["ok"] is True and checks["serves_tuned_settings"]["value"] == \
+        best["serve_args"]
+    log = (run.results / "logs" / "multinode" / "n1" / "vllm-serve.log").read_text()
+    assert " ".join(best["serve_args"]) in log
+    scaling = json.loads((run.results / "multinode" / "scaling.json").read_text())
+    assert set(scaling["ratios_multinode_over_tuned_single"]) == {"c1", "c4"}
+    html = (run.results / "report" / "index.html").read_text()
+    assert "Tune: goodput under the SLO" in html and "multinode / tuned single" in html and "<td>tune</td>" in html
+    assert (run.results / "report" / "tune-goodput.png").stat().st_size > 5000
+
+
+def test_changing_the_slo_reruns_tune_and_what_follows_only(run_dag, workdir, two_node_run):
+    assert two_node_run.returncode == 0, two_node_run.stdout[-3000:]
+    slo = {"tune": TWO["tune"] | {"slo": {"ttft_ms": 900}}}
+    run = run_dag("all", overrides=TWO | slo, workdir=workdir, timeout=120, extra=("-n",))
+    assert run.returncode == 0, run.stdout[-3000:]
+    table = run.stdout.split("Job stats:", 1)[1].split("total", 1)[0]
+    jobs = {m[0] for m in re.findall(r"^(\w+)\s+\d+\s*$", table, flags=re.M)}
+    assert jobs == {"tune", "multinode", "report", "all"}, run.stdout[-3000:]
+
+
 def test_report_renders_in_chromium(two_node_run, tmp_path):
     chromium = shutil.which("chromium")
     assert chromium, "Debian chromium is needed for this test (`make test` installs it)"
@@ -150,7 +198,7 @@ def test_ladder_three_nodes_by_config_alone(three_node_run, sandbox):
 
 def test_rerun_submits_nothing(run_dag, workdir, three_node_run):
     assert three_node_run.returncode == 0, three_node_run.stdout[-3000:]
-    run = run_dag("all", overrides={"cluster": {"nodes": 3}, "bench": {"soak_s": 90}}, workdir=workdir, timeout=120)
+    run = run_dag("all", overrides=THREE, workdir=workdir, timeout=120)
     assert run.returncode == 0 and run.submitted() == {}, run.stdout[-3000:]
     assert "Nothing to be done" in run.stdout
 
@@ -167,7 +215,7 @@ def test_node_dies_under_load_service_restarts_degraded(sandbox, workdir, three_
     from ladder.sandbox import pids_in_namespaces
 
     assert three_node_run.returncode == 0, "needs the validated 3-node ladder (single's outputs) in the work dir"
-    cfg = make_config({"cluster": {"nodes": 3}, "bench": {"soak_s": 90}, "faults": {"allow_degraded": True}})
+    cfg = make_config(THREE | {"faults": {"allow_degraded": True}})
     cfg_file = workdir / "failover.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
     log = workdir / "results" / "logs" / "multinode" / "multinode.log"

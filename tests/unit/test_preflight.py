@@ -159,3 +159,9 @@ def test_check_or_exit_lists_every_problem(basedir, capsys):
 def test_check_or_exit_silent_when_fine(basedir, capsys):
     preflight.check_or_exit(cfg(), basedir)
     assert capsys.readouterr().err == ""
+
+
+def test_gpu_tune_setting_refused_on_cpu(basedir):
+    assert preflight.problems(cfg(tune={"space": {"kv_cache_dtype": ["fp8"]}}), basedir) == [
+        "tune.space.kv_cache_dtype: a GPU setting, but cluster.gpus_per_node is 0"]
+    assert preflight.problems(cfg(tune={"enabled": False, "space": {"kv_cache_dtype": ["fp8"]}}), basedir) == []

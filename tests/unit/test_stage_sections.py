@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "scripts" / "ladder"
 SCHEMA_SECTIONS = set(yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())["properties"])
 CONFIG_NAMES = {"cfg", "config"}
-MODULES = {"env": "envcheck", "probe": "probe", "ray": "raystage", "single": "singlestage",
+MODULES = {"env": "envcheck", "probe": "probe", "ray": "raystage", "single": "singlestage", "tune": "tune",
            "multinode": "multistage"}
 
 

@@ -1,0 +1,28 @@
+rule tune:
+    """One node, single's layout: the vllm serve settings with the most goodput under tune.slo, vs vLLM's defaults."""
+    input:
+        gate=rules.single.output.verdict,
+        config=stage_config("tune"),
+    output:
+        verdict="results/tune/verdict.json",
+        best="results/tune/best.json",
+        bench="results/tune/bench.json",
+        sweep="results/tune/sweep.json",
+    params:
+        **COMMON,
+        hash=config_hash("tune"),
+        cache=CACHE,
+        out_dir=lambda w, output: Path(output.verdict).parent,
+        log_dir="results/logs/tune",
+        results=lambda w, output: Path(output.verdict).parent.parent,
+    log:
+        "results/logs/tune/tune.log",
+    benchmark:
+        "results/benchmarks/tune.tsv"
+    retries: FAULTS["retries"]
+    resources:
+        **stage_resources(nodes=1, runtime=max(config["cluster"]["time_min"], int(config["tune"]["budget_s"] / 60) + 15)),
+    shell:
+        "{params.py} -m ladder.tune --gate {input.gate} --results {params.results}"
+        " --config {input.config} --cache {params.cache} --out-dir {params.out_dir}"
+        " --log-dir {params.log_dir} --config-hash {params.hash} > {log} 2>&1"
