@@ -23,8 +23,9 @@ from conftest import ROOT, run_snakemake
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
+# tune is the default ladder's (test_ladder); here it would only repeat per family.
 SMALL = {"cluster": {"nodes": 2}, "bench": {"num_prompts": 4, "concurrency": [1], "input_len": 32, "output_len": 16},
-         "model": {"tiny_layers": 4}}
+         "model": {"tiny_layers": 4}, "tune": {"enabled": False}}
 TARGET = "results/multinode/verdict.json"
 
 # What a new user does: a Llama config, random init, save_pretrained; the tokenizer of ladder's tiny model.
