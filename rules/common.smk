@@ -34,7 +34,14 @@ def partition_nodes():
     cmd = ["sinfo", "-h", "-N", "-o", "%N"]  # -N: one line per node, no host list to expand
     if config["cluster"]["partition"]:
         cmd += ["-p", config["cluster"]["partition"]]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        # No controller answers (a sandbox that is down, a login node off the cluster): say so once;
+        # dry runs and lint still work, and a real run fails at its first sbatch.
+        print(f"ladder: `{' '.join(cmd)}` got no answer in 15 s: is the Slurm controller up "
+              "(SLURM_CONF)? The partition's nodes stay unknown.", file=sys.stderr)
+        return ""
     return ",".join(sorted(set(out.stdout.split())))
 
 
