@@ -39,7 +39,7 @@ report: setup
 # tests/gpu runs the GPU ladder where NVIDIA GPUs are present and is skipped (no GPU) elsewhere.
 test: setup
 	$(PY) -m ladder.system sandbox test
-	$(PY) -m pytest tests
+	$(PY) -m pytest --durations=30 tests
 
 unit: setup
 	$(PY) -m pytest -m unit tests

@@ -153,8 +153,11 @@ def test_changing_the_slo_reruns_tune_and_what_follows_only(run_dag, workdir, tw
     run = run_dag("all", overrides=TWO | slo, workdir=workdir, timeout=120, extra=("-n",))
     assert run.returncode == 0, run.stdout[-3000:]
     table = run.stdout.split("Job stats:", 1)[1].split("total", 1)[0]
-    jobs = {m[0] for m in re.findall(r"^(\w+)\s+\d+\s*$", table, flags=re.M)}
-    assert jobs == {"tune", "multinode", "report", "all"}, run.stdout[-3000:]
+    jobs = set(re.findall(r"^(\w+)\s+\d+\s*$", table, flags=re.M))
+    assert jobs == {"stage_config", "tune", "multinode", "report", "all"}, run.stdout[-3000:]
+    # the stage configs rewritten are those of the stages that read tune's output or settings
+    configs = set(re.findall(r"output: results/\.config/(\w+)\.json", run.stdout))
+    assert configs == {"tune", "multinode", "report"}, run.stdout[-3000:]
 
 
 def test_report_renders_in_chromium(two_node_run, tmp_path):
