@@ -3,7 +3,7 @@
 
     python3 gpu/collect.py summary RESULTS               # every figure, a few lines per stage
     python3 gpu/collect.py pack RESULTS OUT.tgz [--max-mib 15]
-    python3 gpu/collect.py phases RUN                     # RUN/phases.json from its vLLM logs (ladder.timeline)
+    python3 gpu/collect.py phases RUN                     # RUN/phases.json from its vLLM logs (ladder.logs)
     python3 gpu/collect.py withdraw VERDICT CHECK WHY     # a figure found wrong after the run, marked in place
 
 `pack` keeps verdicts, measurements (bench/e2e/scaling/roofline/nodes/versions JSON, raw
@@ -142,9 +142,9 @@ def phases(run: Path) -> int:
     For a results copy whose report predates a parser fix: the figures a summary quotes then come
     from this file (and the command that wrote it), not from a hand re-count."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from ladder.timeline import vllm_phases
+    from ladder.logs import vllm_phases
 
-    out: dict[str, Any] = {"command": f"python3 gpu/collect.py phases {run}", "parser": "ladder.timeline.vllm_phases"}
+    out: dict[str, Any] = {"command": f"python3 gpu/collect.py phases {run}", "parser": "ladder.logs.vllm_phases"}
     for stage in ("single", "multinode"):
         log, verdict = run / "logs" / f"{stage}-vllm-serve.log", _load(run / stage / "verdict.json")
         if not log.exists() or not verdict:

@@ -81,7 +81,7 @@ COMMON = {"py": PY}
 FAULTS = config["faults"]
 # The tune stage's verdict gates multinode only when its winner is applied there.
 TUNE = config["tune"]["enabled"]
-TUNE_OUTPUTS = ["results/tune/verdict.json", "results/tune/best.json", "results/tune/bench.json"] if TUNE else []
+TUNE_OUTPUTS = [f"results/tune/{f}.json" for f in ("verdict", "best", "bench", "sweep")] if TUNE else []
 TUNED_GATE = TUNE_OUTPUTS if config["tune"]["apply"] else []
 
 

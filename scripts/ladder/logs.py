@@ -1,7 +1,10 @@
-"""Log helpers: the last lines of the log that explains a failure, the latest run of an appended log."""
+"""Log helpers: the last lines of the log that explains a failure, the latest run of an appended log,
+and vLLM's start-up phases (only its log says them)."""
 
 from __future__ import annotations
 
+import re
+from datetime import datetime
 from pathlib import Path
 
 
@@ -23,3 +26,61 @@ def last_run(log: Path) -> list[str]:
     lines = log.read_text(errors="replace").splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("$ ")]
     return lines[starts[-1]:] if starts else lines
+
+
+_TS = re.compile(r"(\d\d-\d\d \d\d:\d\d:\d\d)")
+# CPU builds print "Initializing model" + "Loading weights"; CUDA builds one "Model loading
+# took <GiB> and <s> seconds" line; "torch.compile takes" became "took" in later releases.
+_PATTERNS = {
+    "model_load": re.compile(r"Loading weights took ([0-9.]+) seconds"),
+    "model_init": re.compile(r"Initializing model took ([0-9.]+) seconds"),
+    "model_loading": re.compile(r"Model loading took [0-9.]+ GiB(?: memory)? and ([0-9.]+) seconds"),
+    "init_engine": re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+) s"),
+    "torch_compile": re.compile(r"torch\.compile (?:takes|took) ([0-9.]+) s in total"),
+}
+
+
+def _ts(line: str) -> datetime | None:
+    m = _TS.search(line)
+    return datetime.strptime("2000-" + m.group(1), "%Y-%m-%d %H:%M:%S") if m else None
+
+
+def vllm_phases(log: Path) -> dict[str, float]:
+    """Seconds per start-up phase from one `vllm serve` log (missing phases are left out)."""
+    try:
+        lines = last_run(log)
+    except OSError:
+        return {}
+    found: dict[str, float] = {}
+    first = warm = warm_end = None
+    for line in lines:
+        t = _ts(line)
+        if t and first is None:
+            first = t
+        for name, pat in _PATTERNS.items():
+            m = pat.search(line)
+            if m:
+                # Ranks (TP/PP workers) run these phases in parallel: the slowest one counts.
+                found[name] = max(found.get(name, 0.0), float(m.group(1)))
+        if t and "Warming up model for the compilation" in line and warm is None:
+            warm = t
+        if t and warm and warm_end is None and ("KV cache on node" in line or "saved AOT compiled" in line):
+            warm_end = t
+    load = found.get("model_loading") or found.get("model_load", 0) + found.get("model_init", 0)
+    out = {"model_load": round(load, 2)}
+    if "torch_compile" in found:
+        out["compile_warmup"] = round(found["torch_compile"], 2)
+    elif warm and warm_end:
+        out["compile_warmup"] = float((warm_end - warm).seconds)
+    if "init_engine" in found:
+        # The rest of engine init: memory profiling, KV-cache allocation, graph capture.
+        out["kv_cache_profile"] = round(max(found["init_engine"] - out.get("compile_warmup", 0), 0), 2)
+    return out
+
+
+STARTUP = "startup_"  # verdict metric prefix: startup_model_load, startup_compile_warmup, ...
+
+
+def startup_metrics(log: Path) -> dict[str, float]:
+    """vLLM's start-up phases as verdict metrics, so the report reads them from the verdict."""
+    return {STARTUP + k: x for k, x in vllm_phases(log).items()}

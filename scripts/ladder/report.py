@@ -11,7 +11,6 @@ import argparse
 import csv
 import html
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -170,17 +169,42 @@ def fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
+def tune_plots(cands: list[dict[str, Any]], out: Path, slo_pct: Any) -> list[str]:
+    """Goodput vs offered rate (with the repetitions' spread) and throughput vs p99 latency, per candidate."""
+    cands = [c for c in cands if c["points"]]
+    if not cands:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c in cands:
+        pts = sorted(c["points"], key=lambda p: p["rate"])
+        spread = [[p["goodput"] - p["goodput_min"] for p in pts], [p["goodput_max"] - p["goodput"] for p in pts]]
+        ax.errorbar([p["rate"] for p in pts], [p["goodput"] for p in pts], yerr=spread, fmt="o-", capsize=3,
+                    label=c["name"])
+    ax.set_xlabel("offered request rate (req/s)")
+    ax.set_ylabel(f"goodput (req/s meeting the SLO; {slo_pct} % needed)")
+    ax.legend(fontsize=7)
+    fig.savefig(out / "tune-goodput.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for c in cands:
+        pts = [p for p in c["points"] if p.get("e2el_p99_ms")]
+        ax.scatter([p["e2el_p99_ms"] for p in pts], [p["output_tok_s"] for p in pts], label=c["name"])
+    ax.set_xlabel("E2E latency p99 (ms)")
+    ax.set_ylabel("output tok/s")
+    ax.set_title("throughput vs latency (every candidate and rate)")
+    ax.legend(fontsize=7)
+    fig.savefig(out / "tune-pareto.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return ["tune-goodput.png", "tune-pareto.png"]
+
+
 def tune_part(results: Path, out: Path, scaling: dict[str, Any] | None) -> tuple[list[str], list[str]]:
     """HTML and plots of tune: every candidate against vLLM's defaults, and multinode vs the tuned baseline."""
     sweep, best = load(results / "tune" / "sweep.json"), load(results / "tune" / "best.json")
     if not sweep:
         return [], []
-    plots = []
-    for png in ("goodput.png", "pareto.png"):
-        if (results / "tune" / png).exists():
-            shutil.copy(results / "tune" / png, out / f"tune-{png}")
-            plots.append(f"tune-{png}")
     slo = sweep["metadata"]["slo"]
+    plots = tune_plots(sweep["candidates"], out, slo.get("percentile"))
     rows = [[c["name"], esc(json.dumps(c["args"])), fmt(c["max_rate_meeting_slo"]), fmt(c["score_goodput"]),
              esc(c["error"][:200])] for c in sweep["candidates"]]
     gain = best.get("gain_over_defaults") if best else None

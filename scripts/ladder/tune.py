@@ -150,37 +150,6 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def plots(cands: list[Candidate], out: Path, slo_pct: float) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for c in cands:
-        pts = sorted(c.points, key=lambda p: p.rate)
-        if pts:
-            ax.errorbar([p.rate for p in pts], [p.goodput for p in pts], fmt="o-", capsize=3, label=c.name,
-                        yerr=[[p.goodput - p.goodput_min for p in pts], [p.goodput_max - p.goodput for p in pts]])
-    ax.set_xlabel("offered request rate (req/s)")
-    ax.set_ylabel(f"goodput (req/s meeting the SLO; {slo_pct:g} % needed)")
-    ax.legend(fontsize=7)
-    fig.savefig(out / "goodput.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for c in cands:
-        pts = [p for p in c.points if p.e2el_p99_ms]
-        if pts:
-            ax.scatter([p.e2el_p99_ms for p in pts], [p.output_tok_s for p in pts], label=c.name)
-    ax.set_xlabel("E2E latency p99 (ms)")
-    ax.set_ylabel("output tok/s")
-    ax.set_title("throughput vs latency (every candidate and rate)")
-    ax.legend(fontsize=7)
-    fig.savefig(out / "pareto.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return ["goodput.png", "pareto.png"]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser(__doc__, serving=True)
     a = ap.parse_args(argv)
@@ -245,8 +214,6 @@ def main(argv: list[str] | None = None) -> int:
                                               "results": {lvl: median_run(runs) for lvl, runs in base.items()}})
         v.check("tuned_baseline", len(base) == len(cfg["bench"]["concurrency"]), sorted(base),
                 [f"c{c}" for c in cfg["bench"]["concurrency"]], detail="closed-loop bench of the winner")
-    if any(c.points for c in found):
-        plots(found, a.out_dir, t["slo"]["percentile"])
     return v.finish(a.out_dir / "verdict.json")
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from ladder import monitor
+from ladder import monitor, timeline
 from ladder.bench import bench_command, parse_result, ratios
+from ladder.logs import startup_metrics, vllm_phases
 from ladder.multistage import pipeline_placement
-from ladder.timeline import vllm_phases
 
 pytestmark = pytest.mark.unit
 DATA = Path(__file__).parent / "data"
@@ -115,3 +115,11 @@ def test_vllm_phases_from_gpu_pipeline_log():
     assert phases["model_load"] == 2.3
     assert phases["compile_warmup"] == 17.83
     assert phases["kv_cache_profile"] == round(43.14 - 17.83, 2)
+
+
+def test_time_breakdown_reads_the_phases_the_stage_recorded_not_its_logs(tmp_path, monkeypatch):
+    monkeypatch.setattr(timeline, "queue_wait_s", lambda job: 2.0)
+    metrics = startup_metrics(DATA / "vllm-serve-cpu.log") | {"time_to_healthy_s": 40.0, "bringup_s": 5.0}
+    parts = timeline.stage_breakdown("single", {"slurm_job": "7", "metrics": metrics}, 100.0, tmp_path)
+    assert parts == {"queue_wait": 2.0, "ray_join": 5.0, "model_load": 0.19, "compile_warmup": 30.0,
+                     "kv_cache_profile": 0.83, "api_ready_rest": round(40 - 31.02, 2), "other": 55.0}
