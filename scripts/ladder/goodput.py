@@ -55,6 +55,7 @@ class Candidate:
     args: dict[str, Any]
     points: list[RatePoint] = field(default_factory=list)
     error: str = ""
+    memory: dict[str, float] = field(default_factory=dict)  # what its server's log says it allocated
 
     @property
     def best(self) -> RatePoint | None:
@@ -73,7 +74,8 @@ class Candidate:
     def as_dict(self) -> dict[str, Any]:
         b = self.best
         return {"name": self.name, "args": self.args, "error": self.error, "score_goodput": self.score,
-                "max_rate_meeting_slo": b.rate if b else None, "points": [asdict(p) for p in self.points]}
+                "max_rate_meeting_slo": b.rate if b else None, "memory": self.memory,
+                "points": [asdict(p) for p in self.points]}
 
 
 def rate_point(rate: float, runs: list[dict[str, Any]], percentile: float) -> RatePoint:

@@ -84,3 +84,26 @@ STARTUP = "startup_"  # verdict metric prefix: startup_model_load, startup_compi
 def startup_metrics(log: Path) -> dict[str, float]:
     """vLLM's start-up phases as verdict metrics, so the report reads them from the verdict."""
     return {STARTUP + k: x for k, x in vllm_phases(log).items()}
+
+
+# Per GPU (each rank prints its own; the largest counts). CPU builds print neither the KV line
+# nor a GiB figure for the weights on every release, so a CPU run may record nothing.
+_MEMORY = {
+    "weights_gib_per_gpu": re.compile(r"Model loading took ([0-9.]+) GiB"),
+    "kv_cache_gib_per_gpu": re.compile(r"Available KV cache memory: ([0-9.]+) GiB"),
+    "kv_cache_tokens": re.compile(r"GPU KV cache size: ([0-9,]+) tokens"),
+}
+
+
+def vllm_memory(log: Path) -> dict[str, float]:
+    """Weights and KV cache a `vllm serve` allocated (what quantization saves), from its log."""
+    try:
+        lines = last_run(log)
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in lines:
+        for name, pat in _MEMORY.items():
+            if m := pat.search(line):
+                out[name] = max(out.get(name, 0.0), float(m.group(1).replace(",", "")))
+    return out

@@ -205,15 +205,20 @@ def tune_part(results: Path, out: Path, scaling: dict[str, Any] | None) -> tuple
         return [], []
     slo = sweep["metadata"]["slo"]
     plots = tune_plots(sweep["candidates"], out, slo.get("percentile"))
+    def memory(c: dict[str, Any]) -> str:
+        mem = c.get("memory") or {}
+        return " / ".join(fmt(mem[k]) if k in mem else "-" for k in ("weights_gib_per_gpu", "kv_cache_gib_per_gpu"))
+
     rows = [[c["name"], esc(json.dumps(c["args"])), fmt(c["max_rate_meeting_slo"]), fmt(c["score_goodput"]),
-             esc(c["error"][:200])] for c in sweep["candidates"]]
+             memory(c), esc(c["error"][:200])] for c in sweep["candidates"]]
     gain = best.get("gain_over_defaults") if best else None
     winner = f"{best['name']} {json.dumps(best['args'])}" if best else "none"
     part = [f"<h2>Tune: goodput under the SLO (TTFT {esc(slo.get('ttft_ms'))} ms, TPOT {esc(slo.get('tpot_ms'))} ms, "
             f"E2E {esc(slo.get('e2el_ms'))} ms; {esc(slo.get('percentile'))} % of requests)</h2>",
             f"<p>Winner: <b>{esc(winner)}</b>; goodput over vLLM's defaults, same run, same node: "
             f"<b>{esc(fmt(gain))}×</b>.</p>",
-            table(["candidate", "args", "max rate meeting the SLO (req/s)", "goodput (req/s)", "error"], rows)]
+            table(["candidate", "args", "max rate meeting the SLO (req/s)", "goodput (req/s)",
+                   "weights / KV cache per GPU (GiB)", "error"], rows)]
     if scaling and "ratios_multinode_over_tuned_single" in scaling:
         r = scaling["ratios_multinode_over_tuned_single"]
         keys = list(next(iter(r.values()), {}).keys())

@@ -28,6 +28,7 @@ from typing import Any
 from ladder import slurm
 from ladder.bench import PERCENTILES, parse_result
 from ladder.goodput import DEFAULTS, Candidate, candidates, pick, rate_point, slo_args
+from ladder.logs import vllm_memory
 from ladder.verdict import Verdict, require_gate, stage_parser, write_json
 from ladder.vllmserver import Server, ServerError, api_key, cpu_env, resolve_model, serve_args
 
@@ -111,6 +112,7 @@ class Search:
         try:
             srv.start()
             srv.wait_healthy(min(self.cfg["serve"]["health_timeout_s"], max(self.left(), 1)))
+            cand.memory = vllm_memory(srv.log)
             rates = sorted(t["rates"])
             # Still meeting the SLO at the top rate: double it (tune.extend_rates times) to find the limit.
             rates += [rates[-1] * 2 ** (i + 1) for i in range(t["extend_rates"])]

@@ -24,7 +24,7 @@ import httpx2  # the openai client's own HTTP layer
 import openai
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
-from ladder.logs import shorten, startup_metrics, tail
+from ladder.logs import shorten, startup_metrics, tail, vllm_memory
 
 # Fixed prompt set whose greedy completions single and multinode must agree on.
 PROMPTS = [
@@ -188,7 +188,7 @@ def check_healthy(v: Any, srv: Server, timeout: float, detail: str = "") -> floa
         v.check("healthy", False, None, f"< {timeout}", "s", detail=shorten(f"{detail}: {err}" if detail else str(err)))
         return None
     v.check("healthy", True, round(seconds, 1), f"< {timeout}", "s", detail=detail)
-    for k, x in startup_metrics(srv.log).items():  # the first healthy start's phases
+    for k, x in (startup_metrics(srv.log) | vllm_memory(srv.log)).items():  # the first healthy start's
         v.metrics.setdefault(k, x)
     return seconds
 

@@ -11,11 +11,12 @@ import pytest
 
 from ladder import monitor, timeline
 from ladder.bench import bench_command, parse_result, ratios
-from ladder.logs import startup_metrics, vllm_phases
+from ladder.logs import startup_metrics, vllm_memory, vllm_phases
 from ladder.multistage import pipeline_placement
 
 pytestmark = pytest.mark.unit
 DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_parse_real_bench_result():
@@ -123,3 +124,13 @@ def test_time_breakdown_reads_the_phases_the_stage_recorded_not_its_logs(tmp_pat
     parts = timeline.stage_breakdown("single", {"slurm_job": "7", "metrics": metrics}, 100.0, tmp_path)
     assert parts == {"queue_wait": 2.0, "ray_join": 5.0, "model_load": 0.19, "compile_warmup": 30.0,
                      "kv_cache_profile": 0.83, "api_ready_rest": round(40 - 31.02, 2), "other": 55.0}
+
+
+@pytest.mark.parametrize(("log", "expected"), [
+    # vLLM 0.26 on one H200 (bf16 Llama-3-8B shape) and PP=2 over two: per GPU, the larger rank counts.
+    (ROOT / "gpu/results/h200x2-pp2/logs/single-vllm-serve.log",
+     {"weights_gib_per_gpu": 14.96, "kv_cache_gib_per_gpu": 112.33, "kv_cache_tokens": 920192}),
+    (DATA / "vllm-serve-gpu-pp2.log", {"weights_gib_per_gpu": 7.48}),
+])
+def test_vllm_memory_from_gpu_logs(log, expected):
+    assert vllm_memory(log) == expected
