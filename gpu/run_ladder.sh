@@ -4,7 +4,7 @@
 #
 #   bash gpu/run_ladder.sh config/gpu/h200x4-tp2pp2.yaml [STAGE ...]
 #
-# STAGE: env probe ray single multinode report (default: all, in order). Resumable: the
+# STAGE: env probe ray single tune multinode report (default: all but tune, in order). Resumable: the
 # work directory (/tmp/ladder/<layout>), /tmp/venv, the model and the sandbox survive
 # between calls on the same warm machine, so a second call runs what is left (Snakemake
 # skips stages whose verdicts exist). A stage starts only if its estimated duration fits
@@ -27,7 +27,7 @@ OUTDIR=${OUT:-/tmp/ladder/out}
 # Seen on nvidia-h200-x4 (TP=2/PP=2 overlay): env 44 s, probe 22 s, ray 75 s, single 298 s cold
 # (healthy after 171 s; 123 s with a warm compile cache), multinode 273 s.
 declare -A EST=([env]=${EST_env:-50} [probe]=${EST_probe:-30} [ray]=${EST_ray:-90} [single]=${EST_single:-300}
-                [multinode]=${EST_multinode:-300} [report]=${EST_report:-45})
+                [tune]=${EST_tune:-420} [multinode]=${EST_multinode:-300} [report]=${EST_report:-45})
 say() { echo "[run_ladder +$(($(date +%s) - T0))s] $*"; }
 left() { echo $((DEADLINE_S - ($(date +%s) - T0))); }
 
@@ -41,13 +41,14 @@ mkdir -p "$WORK" "$OUTDIR"
 # ---------------------------------------------------------------- machine setup (idempotent)
 ladder_ensure_ip || exit 3
 ladder_setup_venv "$VENV" "$REPO" || { echo "venv setup failed" >&2; exit 3; }
-read -r MODEL NODES < <(python3 - "$OVERLAY" <<'EOF'
+# The overlay's model.name is one of ladder.tinymodel's real shapes (config + tokenizer; dummy weights).
+read -r MODEL SHAPE NODES < <(python3 - "$OVERLAY" <<'EOF'
 import sys, yaml
 c = yaml.safe_load(open(sys.argv[1]))
-print(c["model"]["path"], c["cluster"]["nodes"])
+print(c["model"]["path"], c["model"]["name"], c["cluster"]["nodes"])
 EOF
 )
-PYTHONPATH=$REPO/scripts "$VENV/bin/python" -m ladder.tinymodel --out "$MODEL" --shape llama3-8b || exit 3
+PYTHONPATH=$REPO/scripts "$VENV/bin/python" -m ladder.tinymodel --out "$MODEL" --shape "$SHAPE" || exit 3
 ladder_munge_dirs
 SB_STATE=/tmp/ladder/sandbox
 PYTHONPATH=$REPO/scripts "$VENV/bin/python" -m ladder.sandbox --state "$SB_STATE" up --nodes "${SB_NODES:-$NODES}" \

@@ -1,9 +1,11 @@
-"""The whole ladder on real NVIDIA GPUs (gpu/run_ladder.sh with a config/gpu overlay).
+"""The ladder on real NVIDIA GPUs (gpu/run_ladder.sh with a config/gpu overlay).
 
 Runs where NVIDIA GPUs are present, after gpu/stage.sh (gpu/README.md): 4+ GPUs ->
 2 sandbox nodes x 2 GPUs, TP=2 x PP=2 (config/gpu/h200x4-tp2pp2.yaml); 2-3 GPUs ->
-2 nodes x 1 GPU, PP=2 (h200x2-pp2.yaml); 1 GPU -> one node, env..single. Skipped only
-when no NVIDIA GPU is present (CI has none).
+2 nodes x 1 GPU, PP=2 (h200x2-pp2.yaml); 1 GPU -> one node, env..single. Then tune with
+FP8 candidates (h200-tune.yaml) and the Llama-3-70B shape (h200-70b.yaml). Skipped only
+when no NVIDIA GPU is present (CI has none). LADDER_GPU_WORK=<dir> keeps each test's work
+directory there, so a test cut off by a 10-minute device call resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -49,15 +51,18 @@ def layout(gpus: int) -> tuple[str, list[str], dict[str, str]]:
     return "h200x2-pp2.yaml", ["env", "probe", "ray", "single"], {"SB_NODES": "1"}
 
 
-@pytest.mark.skipif(GPUS == 0, reason="no NVIDIA GPU present (NVML/nvidia-smi found none)")
-def test_ladder_on_gpus(tmp_path: Path) -> None:
+needs_gpu = pytest.mark.skipif(GPUS == 0, reason="no NVIDIA GPU present (NVML/nvidia-smi found none)")
+
+
+def run_ladder(tmp_path: Path, overlay: str, stages: list[str], env: dict[str, str]) -> Path:
+    """gpu/run_ladder.sh with `overlay` (cluster.nodes: 1 on a one-GPU machine); the results directory."""
     assert Path("/tmp/gpu-env.sh").is_file(), "GPUs present but the bundle is not staged: run gpu/stage.sh"
-    overlay, stages, env = layout(GPUS)
     if GPUS == 1:
         extra = tmp_path / "one-node.yaml"
         extra.write_text("cluster:\n  nodes: 1\n")
-        env["EXTRA_CONFIG"] = str(extra)
-    work = tmp_path / "work"
+        env = env | {"EXTRA_CONFIG": str(extra), "SB_NODES": "1"}
+    keep = os.environ.get("LADDER_GPU_WORK")
+    work = Path(keep) / Path(overlay).stem if keep else tmp_path / "work"
     env = dict(os.environ, WORK=str(work), OUT=str(tmp_path / "out"), DEADLINE_S="3000", **env)
     res = subprocess.run(["bash", str(ROOT / "gpu" / "run_ladder.sh"), str(ROOT / "config" / "gpu" / overlay),
                           *stages], cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
@@ -66,6 +71,13 @@ def test_ladder_on_gpus(tmp_path: Path) -> None:
     for stage in stages or ["env", "probe", "ray", "single", "multinode"]:
         v = json.loads((results / stage / "verdict.json").read_text())
         assert v["status"] == "pass", (stage, [c for c in v["checks"] if c["ok"] is False])
+    return results
+
+
+@needs_gpu
+def test_ladder_on_gpus(tmp_path: Path) -> None:
+    overlay, stages, env = layout(GPUS)
+    results = run_ladder(tmp_path, overlay, stages, env)
     probe = json.loads((results / "probe" / "verdict.json").read_text())
     assert {c["name"]: c["ok"] for c in probe["checks"]}.get("distinct_gpus") is True
     single = json.loads((results / "single" / "bench.json").read_text())
@@ -78,3 +90,39 @@ def test_ladder_on_gpus(tmp_path: Path) -> None:
         multi = {c["name"]: c for c in json.loads((results / "multinode" / "verdict.json").read_text())["checks"]}
         assert multi["outputs_match_single"]["ok"] is True
         assert (results / "multinode" / "scaling.json").is_file()
+
+
+@needs_gpu
+def test_tune_fp8_against_defaults_on_one_gpu(tmp_path: Path) -> None:
+    """tune on one GPU: vLLM's defaults (bf16) vs FP8 weights + FP8 KV cache, same run, same GPU."""
+    results = run_ladder(tmp_path, "h200-tune.yaml", ["env", "probe", "ray", "single", "tune"], {})
+    sweep = {c["name"]: c for c in json.loads((results / "tune" / "sweep.json").read_text())["candidates"]}
+    defaults, fp8 = sweep["defaults"], sweep["cand1"]
+    assert fp8["args"] == {"quantization": "fp8", "kv_cache_dtype": "fp8"} and not fp8["error"], fp8
+    # FP8 weights hold about half the bytes of bf16 (embeddings and norms stay in bf16).
+    saved = fp8["memory"]["weights_gib_per_gpu"] / defaults["memory"]["weights_gib_per_gpu"]
+    assert 0.45 < saved < 0.75, (fp8["memory"], defaults["memory"])
+    # and an FP8 KV cache holds about twice the tokens in the memory left.
+    assert fp8["memory"]["kv_cache_tokens"] > 1.5 * defaults["memory"]["kv_cache_tokens"]
+    assert defaults["points"] and all(p["runs"] == 3 for p in defaults["points"])
+    best = json.loads((results / "tune" / "best.json").read_text())
+    assert best["goodput_req_s"] > 0 and best["gain_over_defaults"] > 0
+    print(json.dumps({k: [c["score_goodput"], c["memory"]] for k, c in sweep.items()}))
+
+
+@needs_gpu
+def test_llama3_70b_shape_single_serves_its_proxy(tmp_path: Path) -> None:
+    """141 GB of bf16 weights do not fit one H200: single serves the documented proxy and says so;
+    with two GPUs multinode (PP=2) serves all 80 layers."""
+    stages = [] if GPUS >= 2 else ["env", "probe", "ray", "single"]
+    results = run_ladder(tmp_path, "h200-70b.yaml", stages, {"SB_NODES": "2"} if GPUS >= 2 else {})
+    single = json.loads((results / "single" / "verdict.json").read_text())
+    fit = next(c for c in single["checks"] if c["name"] == "model_fits_one_node")
+    assert fit["ok"] is None and 0 < fit["value"] < 80 == fit["reference"], fit
+    assert single["metrics"]["proxy_layers"] == fit["value"]
+    bench = json.loads((results / "single" / "bench.json").read_text())
+    assert bench["metadata"]["proxy"]["of"] == 80
+    if GPUS >= 2:
+        multi = {c["name"]: c for c in json.loads((results / "multinode" / "verdict.json").read_text())["checks"]}
+        assert multi["outputs_match_single"]["ok"] is not False
+
