@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,7 +22,16 @@ PACKAGES = {
 SERVICES = ("slurmctld", "slurmd", "munge")
 
 
+# The command each package is needed for: present on PATH counts as installed (the GPU machine
+# unpacks carried debs with dpkg -x and has no apt source; gpu/stage.sh).
+COMMANDS = {"slurm-wlm": "slurmctld", "munge": "munged", "iproute2": "ip", "util-linux": "nsenter",
+            "chromium": "chromium", "nftables": "nft"}
+
+
 def installed(package: str) -> bool:
+    command = COMMANDS.get(package)
+    if command and shutil.which(command, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin"):
+        return True
     out = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
     return out.returncode == 0 and out.stdout.endswith(" installed")
 

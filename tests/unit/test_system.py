@@ -2,7 +2,8 @@
 
 import pytest
 
-from ladder.system import PACKAGES, ensure, installed
+from ladder import system
+from ladder.system import COMMANDS, PACKAGES, ensure, installed
 
 pytestmark = pytest.mark.unit
 
@@ -20,3 +21,13 @@ def test_installed_tells_present_from_absent():
 def test_ensure_installs_nothing_when_present(monkeypatch):
     monkeypatch.setitem(PACKAGES, "probe", ["dpkg"])
     assert ensure("probe") == []
+
+
+def test_a_package_unpacked_without_dpkg_counts_by_its_command(monkeypatch, tmp_path):
+    assert set(COMMANDS) == {p for g in PACKAGES.values() for p in g}
+    (tmp_path / "nft").write_text("#!/bin/sh\n")
+    (tmp_path / "nft").chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(system.subprocess, "run", lambda *a, **k: pytest.fail("dpkg asked"))
+    assert installed("nftables") is True
+
