@@ -45,23 +45,33 @@ def _ts(line: str) -> datetime | None:
     return datetime.strptime("2000-" + m.group(1), "%Y-%m-%d %H:%M:%S") if m else None
 
 
+def largest(lines: list[str], patterns: dict[str, re.Pattern[str]]) -> dict[str, float]:
+    """Per pattern, the largest number its lines print: TP/PP ranks print their own, in parallel,
+    so the slowest (or largest) rank counts."""
+    out: dict[str, float] = {}
+    for line in lines:
+        for name, pat in patterns.items():
+            if m := pat.search(line):
+                out[name] = max(out.get(name, 0.0), float(m.group(1).replace(",", "")))
+    return out
+
+
+def _last_run(log: Path) -> list[str]:
+    try:
+        return last_run(log)
+    except OSError:
+        return []
+
+
 def vllm_phases(log: Path) -> dict[str, float]:
     """Seconds per start-up phase from one `vllm serve` log (missing phases are left out)."""
-    try:
-        lines = last_run(log)
-    except OSError:
+    lines = _last_run(log)
+    if not lines:
         return {}
-    found: dict[str, float] = {}
-    first = warm = warm_end = None
+    found = largest(lines, _PATTERNS)
+    warm = warm_end = None
     for line in lines:
         t = _ts(line)
-        if t and first is None:
-            first = t
-        for name, pat in _PATTERNS.items():
-            m = pat.search(line)
-            if m:
-                # Ranks (TP/PP workers) run these phases in parallel: the slowest one counts.
-                found[name] = max(found.get(name, 0.0), float(m.group(1)))
         if t and "Warming up model for the compilation" in line and warm is None:
             warm = t
         if t and warm and warm_end is None and ("KV cache on node" in line or "saved AOT compiled" in line):
@@ -88,8 +98,8 @@ def startup_metrics(log: Path) -> dict[str, float]:
 
 # Per GPU (each rank prints its own; the largest counts). CPU builds print neither the KV line
 # nor a GiB figure for the weights on every release, so a CPU run may record nothing.
-_MEMORY = {
-    "weights_gib_per_gpu": re.compile(r"Model loading took ([0-9.]+) GiB"),
+MEMORY = {
+    "weights_gib_per_gpu": re.compile(r"Model loading took ([0-9.]+) ?GiB"),
     "kv_cache_gib_per_gpu": re.compile(r"Available KV cache memory: ([0-9.]+) GiB"),
     "kv_cache_tokens": re.compile(r"GPU KV cache size: ([0-9,]+) tokens"),
 }
@@ -97,13 +107,4 @@ _MEMORY = {
 
 def vllm_memory(log: Path) -> dict[str, float]:
     """Weights and KV cache a `vllm serve` allocated (what quantization saves), from its log."""
-    try:
-        lines = last_run(log)
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for line in lines:
-        for name, pat in _MEMORY.items():
-            if m := pat.search(line):
-                out[name] = max(out.get(name, 0.0), float(m.group(1).replace(",", "")))
-    return out
+    return largest(_last_run(log), MEMORY)

@@ -198,6 +198,11 @@ def tune_plots(cands: list[dict[str, Any]], out: Path, slo_pct: Any) -> list[str
     return ["tune-goodput.png", "tune-pareto.png"]
 
 
+def memory_cell(mem: dict[str, float]) -> str:
+    """Weights / KV cache per GPU (GiB) a candidate's server allocated; '-' where its log said nothing."""
+    return " / ".join(fmt(mem[k]) if k in mem else "-" for k in ("weights_gib_per_gpu", "kv_cache_gib_per_gpu"))
+
+
 def tune_part(results: Path, out: Path, scaling: dict[str, Any] | None) -> tuple[list[str], list[str]]:
     """HTML and plots of tune: every candidate against vLLM's defaults, and multinode vs the tuned baseline."""
     sweep, best = load(results / "tune" / "sweep.json"), load(results / "tune" / "best.json")
@@ -205,12 +210,8 @@ def tune_part(results: Path, out: Path, scaling: dict[str, Any] | None) -> tuple
         return [], []
     slo = sweep["metadata"]["slo"]
     plots = tune_plots(sweep["candidates"], out, slo.get("percentile"))
-    def memory(c: dict[str, Any]) -> str:
-        mem = c.get("memory") or {}
-        return " / ".join(fmt(mem[k]) if k in mem else "-" for k in ("weights_gib_per_gpu", "kv_cache_gib_per_gpu"))
-
     rows = [[c["name"], esc(json.dumps(c["args"])), fmt(c["max_rate_meeting_slo"]), fmt(c["score_goodput"]),
-             memory(c), esc(c["error"][:200])] for c in sweep["candidates"]]
+             memory_cell(c.get("memory") or {}), esc(c["error"][:200])] for c in sweep["candidates"]]
     gain = best.get("gain_over_defaults") if best else None
     winner = f"{best['name']} {json.dumps(best['args'])}" if best else "none"
     part = [f"<h2>Tune: goodput under the SLO (TTFT {esc(slo.get('ttft_ms'))} ms, TPOT {esc(slo.get('tpot_ms'))} ms, "

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from ladder.logs import MEMORY, largest
+
 GIB = 2**30
-_LOADING = re.compile(r"Model loading took ([0-9.]+) ?GiB")
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "auto": 2}
 
 
@@ -48,8 +48,8 @@ def copy_bandwidth(size_bytes: int, seconds_per_copy: float) -> float:
 
 def weight_bytes_from_log(text: str) -> float | None:
     """Per-GPU weight bytes from vLLM's "Model loading took X GiB" lines (largest rank)."""
-    found = [float(m) for m in _LOADING.findall(text)]
-    return max(found) * GIB if found else None
+    gib = largest(text.splitlines(), {"w": MEMORY["weights_gib_per_gpu"]}).get("w")
+    return gib * GIB if gib else None
 
 
 def param_count(cfg: dict[str, Any]) -> int:
