@@ -1,9 +1,9 @@
 """Orchestration overhead of the env -> probe DAG on the sandbox cluster.
 
-Runs the real DAG (snakemake --profile profiles/sandbox, Slurm executor plugin) in a
-fresh work directory per run, once with the plugin's status-check defaults and once
-with the tuned values of profiles/sandbox/config.yaml (both passed on the command
-line), interleaved, and splits every stage's wall time into
+Runs the real DAG (snakemake --profile profiles/sandbox) in a fresh work directory per
+run, once with the Slurm executor plugin as it comes (`--executor slurm`, its status-check
+defaults) and once as the profile has it (`slurm-sandbox`: the plugin with its back-off
+capped, tuned intervals), interleaved, and splits every stage's wall time into
 
   gap_before_s  previous stage seen finished (or Snakemake start) -> this one submitted
   work_s        the stage's own work (Snakemake's benchmark: TSV, column s)
@@ -47,9 +47,12 @@ BIN = Path(sys.executable).parent
 TARGET = "results/probe/verdict.json"
 STAGES = ("env", "probe")
 
-# The plugin's defaults (snakemake-executor-plugin-slurm; Snakemake's own for the interval).
-DEFAULTS = {"slurm-init-seconds-before-status-checks": 40, "seconds-between-status-checks": 10}
-TUNED_KEYS = tuple(DEFAULTS)
+# The plugin as it comes: its defaults (Snakemake's own for the interval); the sandbox's
+# status command and log folder, so only the status checks differ.
+DEFAULTS = {"executor": "slurm", "slurm-init-seconds-before-status-checks": "40",
+            "seconds-between-status-checks": "10", "slurm-status-command": "squeue",
+            "slurm-logdir": "results/logs/slurm"}
+TUNED_KEYS = ("executor", "slurm-sandbox-init-seconds-before-status-checks", "seconds-between-status-checks")
 STAGE_FIELDS = ("gap_before_s", "work_s", "overhead_s", "queue_s", "in_job_s", "detect_s")
 
 SUBMIT = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/")
@@ -67,9 +70,9 @@ def bench_config(nodes: int) -> dict[str, Any]:
     return cfg
 
 
-def tuned_settings() -> dict[str, int]:
+def tuned_settings() -> dict[str, str]:
     prof = yaml.safe_load((ROOT / "profiles" / "sandbox" / "config.yaml").read_text())
-    return {k: int(prof[k]) for k in TUNED_KEYS}
+    return {k: str(prof[k]) for k in TUNED_KEYS}
 
 
 def ctld_events(log: Path, offset: int) -> dict[int, dict[str, float]]:
@@ -89,7 +92,7 @@ def ctld_events(log: Path, offset: int) -> dict[int, dict[str, float]]:
     return out
 
 
-def run_once(variant: str, settings: dict[str, int], cfg: dict[str, Any], env: dict[str, str],
+def run_once(variant: str, settings: dict[str, str], cfg: dict[str, Any], env: dict[str, str],
              ctld_log: Path, keep: bool) -> dict[str, Any]:
     wd = Path(tempfile.mkdtemp(prefix=f"ladder-bench-{variant}-"))
     cfg_file = wd / "bench-config.yaml"

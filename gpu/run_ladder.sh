@@ -59,6 +59,8 @@ say "machine ready: venv, model $MODEL, sandbox $(sinfo -h -N -o '%N:%t:%G' | tr
 
 # ---------------------------------------------------------------- stages
 export PATH=$VENV/bin:$PATH
+# profiles/sandbox's executor (slurm-sandbox) is a module in scripts/, found on the path.
+export PYTHONPATH=$REPO/scripts${PYTHONPATH:+:$PYTHONPATH}
 # --rerun-triggers without params: the working tree is re-sent with every call, and a code
 # change in between (another engineer's edit of a rule's params) would otherwise re-run
 # stages that already passed in an earlier call of this run. RERUN_TRIGGERS="mtime params input"

@@ -22,10 +22,11 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 STAGES = ["env", "probe", "ray", "single", "multinode"]
 API_KEY = "ladder-test-" + secrets.token_hex(12)
-# 2 nodes with the tune stage (a small search: 2 rates, 20 requests a run); 3 nodes without it.
+# 2 nodes with the tune stage (a small search: 2 rates, 20 requests a run) and a 90 s soak;
+# 3 nodes (and the failover from 3 to 2) without either.
 TWO = {"cluster": {"nodes": 2}, "bench": {"soak_s": 90},
        "tune": {"rates": [8, 16], "extend_rates": 0, "num_prompts": 20, "warmup_prompts": 2}}
-THREE = {"cluster": {"nodes": 3}, "bench": {"soak_s": 90}, "tune": {"enabled": False}}
+THREE = {"cluster": {"nodes": 3}, "tune": {"enabled": False}}
 
 
 @pytest.fixture(scope="module")

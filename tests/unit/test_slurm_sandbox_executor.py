@@ -1,0 +1,54 @@
+"""The sandbox's executor: the Slurm plugin's status-check back-off capped at seconds-between-status-checks."""
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+import snakemake_executor_plugin_slurm as slurm
+from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
+
+import snakemake_executor_plugin_slurm_sandbox as sandbox
+
+pytestmark = pytest.mark.unit
+
+
+def checks(executor, rounds: int) -> list[float]:
+    """The wait before each next status check, over `rounds` checks that found no job finished."""
+    waits = []
+    for _ in range(rounds):
+        async def drain():
+            return [j async for j in executor.check_active_jobs(["job"])]
+
+        assert asyncio.run(drain()) == ["job"]  # still running: handed back to the wait loop
+        waits.append(executor.next_seconds_between_status_checks)
+    return waits
+
+
+@pytest.fixture
+def backing_off(monkeypatch):
+    """The plugin's check, reduced to what it does when no job finished: yield it, add 10 s to the wait."""
+    async def check(self, active_jobs):
+        for job in active_jobs:
+            yield job
+        self.next_seconds_between_status_checks = min(self.next_seconds_between_status_checks + 10, 180)
+
+    monkeypatch.setattr(slurm.Executor, "check_active_jobs", check)
+
+    def make(cls):
+        ex = cls.__new__(cls)
+        ex.workflow = SimpleNamespace(remote_execution_settings=SimpleNamespace(seconds_between_status_checks=2))
+        ex._next_seconds_between_status_checks = None
+        return ex
+
+    return make
+
+
+def test_plugin_backs_off_the_sandbox_executor_does_not(backing_off):
+    assert checks(backing_off(slurm.Executor), 4) == [12, 22, 32, 42]
+    assert checks(backing_off(sandbox.Executor), 4) == [2, 2, 2, 2]
+
+
+def test_registered_as_slurm_sandbox_with_the_plugins_settings():
+    plugin = ExecutorPluginRegistry().get_plugin("slurm-sandbox")
+    assert plugin.executor is sandbox.Executor and issubclass(plugin.executor, slurm.Executor)
+    assert plugin._executor_settings_cls is slurm.ExecutorSettings
