@@ -1,9 +1,22 @@
-"""`vllm bench serve` runs and their results: one sweep, same settings for every stage."""
+"""vLLM's own benchmark (`vllm bench serve`'s code), run the same way by every stage.
+
+A sweep is the closed-loop concurrency levels (`c<N>`) and the open-loop request rates
+(`r<R>`, Poisson or gamma arrivals) of the `bench` config, each run `repetitions` times after
+`warmup_prompts` unmeasured requests, every repetition with other random prompts
+(seed + repetition: none is served from the prefix cache an earlier one filled). A level's
+result is its median repetition (by output throughput) with the spread of all of them.
+
+All runs of a sweep execute in one process (`python -m ladder.bench PLAN`): importing vLLM's
+benchmark module costs ~19 s of CPU on the 2-core sandbox, paid once instead of once per run,
+and the process has a deadline, so a server that stops answering cannot hang a stage.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -13,15 +26,36 @@ PERCENTILES = "50,90,99"
 METRICS = ("ttft", "tpot", "itl", "e2el")
 
 
-def bench_command(base_url: str, model: str, tokenizer: str, bench: dict[str, Any], concurrency: int,
-                  result_dir: Path, filename: str) -> list[str]:
-    return [sys.executable, "-m", "ladder.vllm_cli", "bench", "serve", "--backend", "openai",
-            "--base-url", base_url, "--endpoint", "/v1/completions", "--model", model, "--tokenizer", tokenizer,
-            "--dataset-name", "random", "--random-input-len", str(bench["input_len"]),
-            "--random-output-len", str(bench["output_len"]), "--num-prompts", str(bench["num_prompts"]),
-            "--max-concurrency", str(concurrency), "--seed", str(bench["seed"]), "--ignore-eos",
-            "--percentile-metrics", ",".join(METRICS), "--metric-percentiles", PERCENTILES,
-            "--save-result", "--result-dir", str(result_dir), "--result-filename", filename]
+def bench_args(base_url: str, model: str, tokenizer: str, workload: dict[str, Any], out: Path, repetition: int,
+               rate: float | None = None, concurrency: int | None = None,
+               goodput: list[str] | None = None) -> list[str]:
+    """`vllm bench serve` arguments for one run: open loop at `rate`, or closed loop at `concurrency`.
+
+    workload: input_len, output_len, num_prompts, seed, warmup_prompts, burstiness. The API key
+    travels in the environment (OPENAI_API_KEY), never on a command line."""
+    w = workload
+    args = ["--backend", "openai", "--base-url", base_url, "--endpoint", "/v1/completions", "--model", model,
+            "--tokenizer", tokenizer, "--dataset-name", "random", "--random-input-len", str(w["input_len"]),
+            "--random-output-len", str(w["output_len"]), "--ignore-eos", "--num-prompts", str(w["num_prompts"]),
+            "--seed", str(w["seed"] + repetition), "--num-warmups", str(w["warmup_prompts"]),
+            "--percentile-metrics", ",".join(METRICS), "--metric-percentiles", PERCENTILES, "--disable-tqdm",
+            "--save-result", "--result-dir", str(out.parent), "--result-filename", out.name]
+    if goodput:
+        args += ["--goodput", *goodput]
+    if rate is not None:
+        return args + ["--request-rate", f"{rate:g}", "--burstiness", str(w["burstiness"])]
+    return args + ["--max-concurrency", str(concurrency)]
+
+
+def run_bench(args: list[str]) -> dict[str, Any]:
+    """One benchmark with vLLM's own code, in this process (its import is paid once)."""
+    from vllm.benchmarks.serve import add_cli_args
+    from vllm.benchmarks.serve import main as bench_main
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    add_cli_args(parser)
+    return bench_main(parser.parse_args(args))
 
 
 def parse_result(raw: dict[str, Any]) -> dict[str, Any]:
@@ -40,29 +74,59 @@ def parse_result(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The repetition with the median output throughput, plus the spread over all of them.
+
+    Failures are summed over the repetitions: one failed request in any of them counts."""
+    ordered = sorted(runs, key=lambda r: r["output_throughput"])
+    out = parse_result(ordered[len(ordered) // 2])
+    out["failed"] = sum(parse_result(r)["failed"] for r in runs)
+    tput = [r["output_throughput"] for r in runs]
+    out["repetitions"] = {"n": len(runs), "output_throughput_min": min(tput), "output_throughput_max": max(tput),
+                          "output_throughput_stdev": statistics.pstdev(tput)}
+    return out
+
+
+def levels(bench: dict[str, Any]) -> list[tuple[str, float | None, int | None]]:
+    """(label, rate, concurrency) of every level of the sweep: closed loop first, then open loop."""
+    return [(f"c{c}", None, c) for c in bench["concurrency"]] + [(f"r{r:g}", r, None) for r in bench["rates"]]
+
+
 def run_sweep(base_url: str, model: str, tokenizer: str, bench: dict[str, Any], key: str, out_dir: Path,
-              log: Path, timeout_s: float = 900) -> dict[str, dict[str, Any]]:
-    """One `vllm bench serve` per concurrency level; returns {"c<N>": parsed}."""
+              log: Path, run_timeout_s: float = 300) -> dict[str, dict[str, Any]]:
+    """The whole sweep in one child process (deadline: run_timeout_s per run); returns {level: median run}."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = {}
+    plan = []
+    for label, rate, conc in levels(bench):
+        for i in range(bench["repetitions"]):
+            out = out_dir / f"bench-{label}-run{i}.json"
+            out.unlink(missing_ok=True)
+            plan.append(bench_args(base_url, model, tokenizer, bench, out, i, rate=rate, concurrency=conc))
+    plan_file = out_dir / "plan.json"
+    plan_file.write_text(json.dumps(plan, indent=1))
     env = dict(os.environ, OPENAI_API_KEY=key)  # how bench serve's openai backend sends the key
-    for c in bench["concurrency"]:
-        name = f"bench-c{c}.json"
-        cmd = bench_command(base_url, model, tokenizer, bench, c, out_dir, name)
-        with open(log, "ab") as fh:
-            fh.write(f"$ {' '.join(cmd)}\n".encode())
-            fh.flush()
-            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=timeout_s).returncode
-        if rc != 0:
-            raise RuntimeError(f"vllm bench serve (concurrency {c}) exited with {rc}; see {log}")
-        raw = json.loads((out_dir / name).read_text())
-        (out_dir / name).chmod(0o644)
-        results[f"c{c}"] = parse_result(raw)
+    timeout = 60 + run_timeout_s * len(plan)
+    with open(log, "ab") as fh:
+        fh.write(f"$ {sys.executable} -m ladder.bench {plan_file}  ({len(plan)} runs)\n".encode())
+        fh.flush()
+        try:
+            rc = subprocess.run([sys.executable, "-m", "ladder.bench", str(plan_file)], stdout=fh,
+                                stderr=subprocess.STDOUT, env=env, timeout=timeout).returncode
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"vllm bench serve: {len(plan)} runs not done after {timeout:.0f}s; see {log}") from None
+    if rc != 0:
+        raise RuntimeError(f"vllm bench serve exited with {rc}; see {log}")
+    results = {}
+    for label, _, _ in levels(bench):
+        files = [out_dir / f"bench-{label}-run{i}.json" for i in range(bench["repetitions"])]
+        for f in files:
+            f.chmod(0o644)
+        results[label] = median_run([json.loads(f.read_text()) for f in files])
     return results
 
 
 def ratios(multi: dict[str, dict[str, Any]], single: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Multinode / single ratios per concurrency, both measured with identical settings."""
+    """Multinode / single ratios per level, both measured with identical settings."""
     out = {}
     for level, m in multi.items():
         s = single.get(level)
@@ -76,3 +140,17 @@ def ratios(multi: dict[str, dict[str, Any]], single: dict[str, dict[str, Any]]) 
             "e2el_median": round(m["e2el_ms"]["median"] / s["e2el_ms"]["median"], 3),
         }
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Run every `vllm bench serve` argument list of PLAN, in order.")
+    ap.add_argument("plan", type=Path, help="JSON list of argument lists (written by run_sweep)")
+    a = ap.parse_args(argv)
+    for args in json.loads(a.plan.read_text()):
+        print(f"--- vllm bench serve {' '.join(args)}", flush=True)
+        run_bench(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -49,10 +49,16 @@ def plot_bench(single: dict[str, Any], multi: dict[str, Any] | None, out: Path) 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.8 / len(series)
     for i, (name, data) in enumerate(series):
-        vals = [data["results"].get(lv, {}).get("output_throughput", 0) for lv in levels]
-        ax.bar([x + i * width for x in range(len(levels))], vals, width, label=f"{name} {plan_str(data)}")
+        runs = [data["results"].get(lv, {}) for lv in levels]
+        vals = [r.get("output_throughput", 0) for r in runs]
+        # whiskers: the spread (min..max) of the level's repetitions; the bar is the median run
+        reps = [r.get("repetitions", {}) for r in runs]
+        err = [[v - rp.get("output_throughput_min", v) for v, rp in zip(vals, reps, strict=True)],
+               [rp.get("output_throughput_max", v) - v for v, rp in zip(vals, reps, strict=True)]]
+        ax.bar([x + i * width for x in range(len(levels))], vals, width, yerr=err, capsize=3,
+               label=f"{name} {plan_str(data)}")
     ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(levels))], levels)
-    ax.set_xlabel("max concurrency")
+    ax.set_xlabel("level (cN: N concurrent clients; rR: R requests/s open loop)")
     ax.set_ylabel("output tokens/s")
     ax.set_title("Throughput: single vs multinode")
     ax.legend(fontsize=8)
@@ -224,7 +230,7 @@ def tune_part(results: Path, out: Path, scaling: dict[str, Any] | None) -> tuple
         r = scaling["ratios_multinode_over_tuned_single"]
         keys = list(next(iter(r.values()), {}).keys())
         part += ["<h2>Scaling: multinode / tuned single (tune's closed-loop levels of the winner)</h2>",
-                 table(["concurrency", *keys], [[lv, *x.values()] for lv, x in r.items()])]
+                 table(["level", *keys], [[lv, *x.values()] for lv, x in r.items()])]
     return part, plots
 
 
@@ -270,18 +276,21 @@ def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "
         srows = [[lv, *r.values()] for lv, r in scaling["ratios_multinode_over_single"].items()]
         keys = list(next(iter(scaling["ratios_multinode_over_single"].values()), {}).keys())
         parts += ["<h2>Scaling: multinode / single (same bench settings, same run)</h2>",
-                  f"<p>{esc(scaling.get('note', ''))}</p>", table(["concurrency", *keys], srows)]
+                  f"<p>{esc(scaling.get('note', ''))}</p>", table(["level", *keys], srows)]
     parts += tune_html
     if single:
         brow = []
         for name, data in (("single", single), ("multinode", multi)):
             for lv, r in (data or {}).get("results", {}).items():
-                brow.append([name, lv, fmt(r["output_throughput"]), fmt(r["request_throughput"]),
-                             fmt(r["ttft_ms"]["median"]), fmt(r["ttft_ms"]["p99"]), fmt(r["tpot_ms"]["median"]),
+                rp = r.get("repetitions", {})
+                spread = f"{fmt(rp['output_throughput_min'])}..{fmt(rp['output_throughput_max'])}" if rp else ""
+                brow.append([name, lv, fmt(r["output_throughput"]), spread, rp.get("n", 1),
+                             fmt(r["request_throughput"]), fmt(r["ttft_ms"]["median"]), fmt(r["ttft_ms"]["p99"]),
+                             fmt(r["tpot_ms"]["median"]),
                              fmt(r["itl_ms"]["median"]), fmt(r["e2el_ms"]["median"]), r["completed"], r["failed"]])
         parts += ["<h2>Benchmarks (vllm bench serve)</h2>",
-                  table(["stage", "conc.", "out tok/s", "req/s", "TTFT p50 ms", "TTFT p99 ms", "TPOT p50 ms",
-                         "ITL p50 ms", "E2E p50 ms", "completed", "failed"], brow)]
+                  table(["stage", "level", "out tok/s (median run)", "spread", "runs", "req/s", "TTFT p50 ms",
+                         "TTFT p99 ms", "TPOT p50 ms", "ITL p50 ms", "E2E p50 ms", "completed", "failed"], brow)]
     parts.append("<h2>Plots</h2>" + "".join(f'<img src="{esc(p)}" alt="{esc(p)}">' for p in plots))
     parts.append("<h2>Time breakdown per stage (s)</h2>" + table(
         ["stage", "phases"], [[s, ", ".join(f"{k} {v:.1f}" for k, v in b.items())] for s, b in breakdown.items()]))

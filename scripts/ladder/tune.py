@@ -19,14 +19,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ladder import slurm
-from ladder.bench import PERCENTILES, parse_result
+from ladder import bench, slurm
+from ladder.bench import median_run, run_bench
 from ladder.goodput import DEFAULTS, Candidate, candidates, pick, rate_point, slo_args
 from ladder.logs import vllm_memory
 from ladder.verdict import Verdict, require_gate, stage_parser, write_json
@@ -35,23 +34,14 @@ from ladder.vllmserver import Server, ServerError, api_key, cpu_env, resolve_mod
 
 def bench_args(srv: Server, tokenizer: str, cfg: dict[str, Any], rate: float | None, concurrency: int | None,
                out: Path, repetition: int) -> list[str]:
-    """`vllm bench serve` arguments for one run: open loop at `rate`, or closed loop at `concurrency`.
-
-    Each repetition draws other random prompts (seed + repetition), so no run is served from the
-    prefix cache an earlier one filled (resetting it needs vLLM's dev-mode endpoints, not exposed)."""
+    """One run of tune's workload (open loop at `rate`, or the bench's closed loop at `concurrency`),
+    with the SLO as vLLM's `--goodput`."""
     t, b = cfg["tune"], cfg["bench"]
-    args = ["--backend", "openai", "--base-url", srv.base, "--endpoint", "/v1/completions",
-            "--model", srv.served_name, "--tokenizer", tokenizer, "--dataset-name", "random",
-            "--random-input-len", str(t["input_len"] or b["input_len"]),
-            "--random-output-len", str(t["output_len"] or b["output_len"]), "--ignore-eos",
-            "--seed", str(b["seed"] + repetition),
-            "--num-warmups", str(t["warmup_prompts"]), "--goodput", *slo_args(t["slo"]),
-            "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", PERCENTILES, "--disable-tqdm",
-            "--save-result", "--result-dir", str(out.parent), "--result-filename", out.name]
-    if rate is not None:
-        return args + ["--request-rate", f"{rate:g}", "--burstiness", str(t["burstiness"]),
-                       "--num-prompts", str(t["num_prompts"])]
-    return args + ["--max-concurrency", str(concurrency), "--num-prompts", str(b["num_prompts"])]
+    workload = {"input_len": t["input_len"] or b["input_len"], "output_len": t["output_len"] or b["output_len"],
+                "num_prompts": t["num_prompts"] if rate is not None else b["num_prompts"], "seed": b["seed"],
+                "warmup_prompts": t["warmup_prompts"], "burstiness": t["burstiness"]}
+    return bench.bench_args(srv.base, srv.served_name, tokenizer, workload, out, repetition, rate=rate,
+                            concurrency=concurrency, goodput=slo_args(t["slo"]))
 
 
 def bench_import_s() -> float:
@@ -60,17 +50,6 @@ def bench_import_s() -> float:
     import vllm.benchmarks.serve  # noqa: F401
 
     return round(time.monotonic() - t0, 2)
-
-
-def run_bench(args: list[str]) -> dict[str, Any]:
-    """One benchmark with vLLM's own code, in this process (its import is paid once)."""
-    from vllm.benchmarks.serve import add_cli_args
-    from vllm.benchmarks.serve import main as bench_main
-    from vllm.utils.argparse_utils import FlexibleArgumentParser
-
-    parser = FlexibleArgumentParser()
-    add_cli_args(parser)
-    return bench_main(parser.parse_args(args))
 
 
 class Search:
@@ -140,16 +119,6 @@ def option(key: str, value: Any) -> list[str]:
     if isinstance(value, list):
         return [flag, *map(str, value)]
     return [flag, str(value)]
-
-
-def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The repetition with the median output throughput, plus the spread over all of them."""
-    runs = sorted(runs, key=lambda r: r["output_throughput"])
-    out = parse_result(runs[len(runs) // 2])
-    tput = [r["output_throughput"] for r in runs]
-    out["repetitions"] = {"n": len(runs), "output_throughput_min": min(tput), "output_throughput_max": max(tput),
-                          "output_throughput_stdev": statistics.pstdev(tput)}
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

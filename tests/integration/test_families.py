@@ -2,7 +2,7 @@
 
 One work directory: env, probe and ray run once; each model changes only the `model`
 section, so only single and multinode re-run. The benchmark is the smallest that still
-runs (one concurrency level, 4 prompts). qwen2 is the default ladder's model (test_ladder).
+runs (one concurrency level, 4 prompts, one repetition). qwen2 is the default ladder's model (test_ladder).
 
 - a Llama saved with plain `transformers` (random init, std 0.02: near-ties in its greedy
   outputs) as `model.path`: passes the logprob split check;
@@ -24,7 +24,8 @@ from conftest import ROOT, run_snakemake
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 # tune is the default ladder's (test_ladder); here it would only repeat per family.
-SMALL = {"cluster": {"nodes": 2}, "bench": {"num_prompts": 4, "concurrency": [1], "input_len": 32, "output_len": 16},
+SMALL = {"cluster": {"nodes": 2}, "bench": {"num_prompts": 4, "concurrency": [1], "rates": [], "repetitions": 1,
+                                           "input_len": 32, "output_len": 16},
          "model": {"tiny_layers": 4}, "tune": {"enabled": False}}
 TARGET = "results/multinode/verdict.json"
 

@@ -22,11 +22,12 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 STAGES = ["env", "probe", "ray", "single", "multinode"]
 API_KEY = "ladder-test-" + secrets.token_hex(12)
-# 2 nodes with the tune stage (a small search: 2 rates, 20 requests a run) and a 90 s soak;
-# 3 nodes (and the failover from 3 to 2) without either.
+# 2 nodes: the default bench (closed and open loop, 3 repetitions), the tune stage (a small search:
+# 2 rates, 20 requests a run) and a 90 s soak; 3 nodes (and the failover from 3 to 2) without the
+# tune and the soak, one repetition of the closed-loop levels.
 TWO = {"cluster": {"nodes": 2}, "bench": {"soak_s": 90},
        "tune": {"rates": [8, 16], "extend_rates": 0, "num_prompts": 20, "warmup_prompts": 2}}
-THREE = {"cluster": {"nodes": 3}, "tune": {"enabled": False}}
+THREE = {"cluster": {"nodes": 3}, "bench": {"rates": [], "repetitions": 1}, "tune": {"enabled": False}}
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +111,19 @@ def test_ladder_two_nodes(two_node_run, sandbox, workdir):
     check_ladder(run, sandbox, 2)
     soak = json.loads((run.results / "multinode" / "soak.json").read_text())
     assert soak["failed"] == 0 and soak["ok"] > 10, soak
+    # Every level of the default bench, closed and open loop, 3 repetitions each: the median run and the spread.
+    levels = {"c1", "c4", "r4", "r16"}
+    for stage in ("single", "multinode"):
+        results = json.loads((run.results / stage / "bench.json").read_text())["results"]
+        assert set(results) == levels, (stage, sorted(results))
+        for level, r in results.items():
+            rep = r["repetitions"]
+            assert rep["n"] == 3 and rep["output_throughput_min"] <= r["output_throughput"] <= \
+                rep["output_throughput_max"], (stage, level, rep)
+        raw = {p.name for p in (run.results / stage / "raw").glob("bench-*-run*.json")}
+        assert raw == {f"bench-{lv}-run{i}.json" for lv in levels for i in range(3)}, (stage, sorted(raw))
+    scaling = json.loads((run.results / "multinode" / "scaling.json").read_text())
+    assert set(scaling["ratios_multinode_over_single"]) == levels
     no_secret_anywhere(run.results)
     no_secret_anywhere(workdir / ".snakemake")
     print(f"2-node ladder: {run.elapsed:.0f}s")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ladder import monitor, timeline
-from ladder.bench import bench_command, parse_result, ratios
+from ladder.bench import bench_args, levels, median_run, parse_result, ratios
 from ladder.logs import startup_metrics, vllm_memory, vllm_phases
 from ladder.multistage import pipeline_placement
 
@@ -37,14 +37,38 @@ def test_ratios_are_multinode_over_single():
     assert "c9" not in r  # no single-node baseline at that level: no ratio
 
 
-def test_bench_command_uses_identical_settings():
-    bench = {"input_len": 64, "output_len": 32, "num_prompts": 5, "seed": 3, "concurrency": [1]}
-    cmd = bench_command("http://127.0.0.1:9", "m", "/tok", bench, 4, Path("/r"), "f.json")
-    joined = " ".join(cmd)
-    for part in ("bench serve", "--random-input-len 64", "--random-output-len 32", "--num-prompts 5", "--seed 3",
-                 "--max-concurrency 4", "--base-url http://127.0.0.1:9", "--save-result"):
-        assert part in joined, part
-    assert not any("key" in c.lower() for c in cmd), "the API key travels in the environment only"
+WORKLOAD = {"input_len": 64, "output_len": 32, "num_prompts": 5, "seed": 3, "warmup_prompts": 2, "burstiness": 0.5,
+            "concurrency": [1, 4], "rates": [2.5], "repetitions": 3}
+
+
+def test_bench_args_closed_and_open_loop():
+    closed = " ".join(bench_args("http://127.0.0.1:9", "m", "/tok", WORKLOAD, Path("/r/f.json"), 1, concurrency=4))
+    for part in ("--random-input-len 64", "--random-output-len 32", "--num-prompts 5", "--seed 4",
+                 "--num-warmups 2", "--max-concurrency 4", "--base-url http://127.0.0.1:9", "--save-result",
+                 "--result-dir /r", "--result-filename f.json"):
+        assert part in closed, part
+    assert "--request-rate" not in closed and "--goodput" not in closed
+    args = bench_args("http://127.0.0.1:9", "m", "/tok", WORKLOAD, Path("/r/f.json"), 0, rate=2.5,
+                      goodput=["ttft:100"])
+    opened = " ".join(args)
+    assert "--request-rate 2.5 --burstiness 0.5" in opened and "--seed 3" in opened and "--goodput ttft:100" in opened
+    assert "--max-concurrency" not in opened
+    assert not any("key" in c.lower() for c in args), "the API key travels in the environment only"
+
+
+def test_levels_closed_loop_then_open_loop():
+    assert levels(WORKLOAD) == [("c1", None, 1), ("c4", None, 4), ("r2.5", 2.5, None)]
+    assert levels(WORKLOAD | {"rates": []}) == [("c1", None, 1), ("c4", None, 4)]
+
+
+def test_median_run_keeps_the_median_repetition_its_spread_and_every_failure():
+    raw = json.loads((DATA / "bench-c1.json").read_text())
+    runs = [dict(raw, output_throughput=t, failed=f, median_ttft_ms=t) for t, f in ((30.0, 0), (10.0, 1), (20.0, 0))]
+    m = median_run(runs)
+    assert m["output_throughput"] == 20.0 and m["ttft_ms"]["median"] == 20.0  # one run, not a mix of runs
+    assert m["repetitions"]["n"] == 3
+    assert (m["repetitions"]["output_throughput_min"], m["repetitions"]["output_throughput_max"]) == (10.0, 30.0)
+    assert m["failed"] == 1  # a failure in any repetition counts
 
 
 def worker(name: str, node_id: str, state: str = "ALIVE", cls: str = "RayWorkerProc") -> dict:
