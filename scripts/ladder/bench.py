@@ -96,10 +96,11 @@ def run_sweep(base_url: str, model: str, tokenizer: str, bench: dict[str, Any], 
               log: Path, run_timeout_s: float = 300) -> dict[str, dict[str, Any]]:
     """The whole sweep in one child process (deadline: run_timeout_s per run); returns {level: median run}."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    files: dict[str, list[Path]] = {}  # level -> its runs' result files
     plan = []
     for label, rate, conc in levels(bench):
-        for i in range(bench["repetitions"]):
-            out = out_dir / f"bench-{label}-run{i}.json"
+        files[label] = [out_dir / f"bench-{label}-run{i}.json" for i in range(bench["repetitions"])]
+        for i, out in enumerate(files[label]):
             out.unlink(missing_ok=True)
             plan.append(bench_args(base_url, model, tokenizer, bench, out, i, rate=rate, concurrency=conc))
     plan_file = out_dir / "plan.json"
@@ -117,11 +118,10 @@ def run_sweep(base_url: str, model: str, tokenizer: str, bench: dict[str, Any], 
     if rc != 0:
         raise RuntimeError(f"vllm bench serve exited with {rc}; see {log}")
     results = {}
-    for label, _, _ in levels(bench):
-        files = [out_dir / f"bench-{label}-run{i}.json" for i in range(bench["repetitions"])]
-        for f in files:
+    for label, runs in files.items():
+        for f in runs:
             f.chmod(0o644)
-        results[label] = median_run([json.loads(f.read_text()) for f in files])
+        results[label] = median_run([json.loads(f.read_text()) for f in runs])
     return results
 
 

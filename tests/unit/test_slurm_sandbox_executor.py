@@ -14,11 +14,11 @@ pytestmark = pytest.mark.unit
 
 def checks(executor, rounds: int) -> list[float]:
     """The wait before each next status check, over `rounds` checks that found no job finished."""
+    async def drain():
+        return [j async for j in executor.check_active_jobs(["job"])]
+
     waits = []
     for _ in range(rounds):
-        async def drain():
-            return [j async for j in executor.check_active_jobs(["job"])]
-
         assert asyncio.run(drain()) == ["job"]  # still running: handed back to the wait loop
         waits.append(executor.next_seconds_between_status_checks)
     return waits
