@@ -98,7 +98,7 @@ fi
 cp -r debs build/debs
 
 # ---------------------------------------------------------------- 4. pack + split
-rm -rf xfer bundle.tar.xz && mkdir xfer
+rm -rf xfer/c* bundle.tar.xz && mkdir -p xfer
 tar --sort=name --owner=0 --group=0 --numeric-owner -C build -cf - site debs \
   | xz -9 -T"$XZ_THREADS" > bundle.tar.xz
 size=$(stat -c %s bundle.tar.xz)
@@ -111,6 +111,14 @@ for ((k = 1; k <= n; k++)); do
   printf '%s\n' "$sums" > xfer/c$k/SHA256SUMS
   echo "$n" > xfer/c$k/NPARTS
 done
+
+# Carried beside part 1: iproute2 (the image has no `ip`) and pytest (tests/gpu on the device).
+if [[ -z ${KEEP_DL:-} || ! -d xfer/net ]]; then
+  rm -rf xfer/net && mkdir -p xfer/net
+  (cd xfer/net && apt-get download iproute2 libbpf1 libelf1 libmnl0 libbsd0 libmd0 libcap2 \
+     && for f in *_*.deb; do mv "$f" "${f%%_*}.deb"; done)
+  "$PY" -m pip download -q --no-deps "${PIPT[@]}" -d xfer/net pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1
+fi
 
 # ---------------------------------------------------------------- 5. report
 mib() { awk -v b="$1" 'BEGIN{printf "%.1f MiB", b/1048576}'; }

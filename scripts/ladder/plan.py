@@ -9,7 +9,7 @@ serves a documented proxy: the same architecture with fewer layers).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,11 @@ FAMILIES = ("falcon", "llama", "mistral", "qwen2")
 QUANTIZATION = {"cpu": (), "cuda": ("fp8",)}
 FP8_MIN_CAPABILITY = (8, 9)  # FP8 tensor cores: Ada (8.9) and Hopper (9.0) onwards
 GIB = 2**30
+# Memory vLLM holds on each GPU besides weights and KV cache (activations of its profiling forward
+# pass, sampler, allocator slack). Measured on one H200 (gpu/results/h200-70b-failed/): the Llama-3-70B shape
+# with 76 of 80 layers loaded 125.04 GiB and left 1.14 GiB of KV cache where one 4096-token sequence
+# needs 1.19 GiB, so vLLM refused to start; 0.18 GiB went elsewhere. 1 GiB keeps a margin.
+RESERVE_PER_GPU = GIB
 
 
 class PlanError(ValueError):
@@ -165,9 +170,10 @@ class Fit:
     node_bytes: int  # usable memory of one node's GPUs (x gpu_memory_utilization)
     layers: int
     proxy_layers: int | None  # layers single serves instead (None: the full model)
+    reserve_bytes: int = 0  # what vLLM holds besides weights and KV (activations of its profiling step, ...)
 
     def need_bytes(self, layers: int | None = None) -> int:
-        return self.outside_bytes + (self.layers if layers is None else layers) * self.layer_bytes
+        return self.outside_bytes + (self.layers if layers is None else layers) * self.layer_bytes + self.reserve_bytes
 
     def serve_args(self) -> list[str]:
         """`vllm serve` arguments of the proxy: the same config with fewer layers (none for the full model)."""
@@ -189,7 +195,8 @@ def fit_one_node(cfg: dict[str, Any], dtype_bytes: int, gpus_per_node: int, gpu_
                  gpu_memory_utilization: float = 0.9) -> Fit:
     """Weights (parameter count x bytes; FP8 stores the linear layers in 1 byte) plus the KV cache of
     one max_model_len sequence (vLLM refuses to start without it), against the node's GPU memory x
-    vLLM's gpu_memory_utilization. When that does not fit, the proxy keeps as many layers as fit."""
+    vLLM's gpu_memory_utilization, less RESERVE_PER_GPU. When that does not fit, the proxy keeps as many
+    layers as fit."""
     d = dims(cfg)
     h, hd, kv = d["hidden_size"], d["head_dim"], d["num_key_value_heads"]
     attn = 2 * h * d["num_attention_heads"] * hd + 2 * h * kv * hd
@@ -197,11 +204,12 @@ def fit_one_node(cfg: dict[str, Any], dtype_bytes: int, gpus_per_node: int, gpu_
     embed = d["vocab_size"] * h * (1 if d["tie_word_embeddings"] else 2)
     layer = (attn + mlp) * (1 if fp8_weights else dtype_bytes) + 2 * kv * hd * (kv_bytes or dtype_bytes) * min_kv_tokens
     node = int(gpus_per_node * gpu_memory_bytes * gpu_memory_utilization)
-    fit = Fit(embed * dtype_bytes, layer, min_kv_tokens, node, d["num_hidden_layers"], None)
+    fit = Fit(embed * dtype_bytes, layer, min_kv_tokens, node, d["num_hidden_layers"], None,
+              gpus_per_node * RESERVE_PER_GPU)
     if fit.need_bytes() <= node:
         return fit
     fitting = [n for n in range(1, fit.layers) if fit.need_bytes(n) <= node]
     if not fitting:
         raise PlanError(f"model: not even one layer fits one node's GPUs ({fit.need_bytes(1) / GIB:.1f} GiB > "
                         f"{node / GIB:.1f} GiB usable)")
-    return Fit(fit.outside_bytes, layer, min_kv_tokens, node, fit.layers, fitting[-1])
+    return replace(fit, proxy_layers=fitting[-1])
