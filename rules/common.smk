@@ -1,8 +1,6 @@
 # Helpers shared by every stage: paths, the stage interpreter, resources and the
 # checks that must fail before any Slurm job is submitted.
 import hashlib
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,30 +21,13 @@ LOCK = str(Path(workflow.basedir) / "envs" / f"{config['env']['flavor']}.lock.tx
 NODES = config["cluster"]["nodes"]
 GPUS = config["cluster"]["gpus_per_node"]
 
+# One sinfo per run: GPUs per node of the partition (None when no controller answers).
+PARTITION = preflight.partition_gpus(config)
+# Needed by the fingerprint, the env stage and every retry's node count.
+PARTITION_NODES = ",".join(sorted(PARTITION or {}))
+
 # Bad input fails here, naming the key or file, before anything is submitted.
-preflight.check_or_exit(config, Path(workflow.basedir))
-
-
-def partition_nodes():
-    """The partition's nodes: part of the environment fingerprint."""
-    if not shutil.which("sinfo"):
-        return ""
-    cmd = ["sinfo", "-h", "-N", "-o", "%N"]  # -N: one line per node, no host list to expand
-    if config["cluster"]["partition"]:
-        cmd += ["-p", config["cluster"]["partition"]]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
-    except subprocess.TimeoutExpired:
-        # No controller answers (a sandbox that is down, a login node off the cluster): say so once;
-        # dry runs and lint still work, and a real run fails at its first sbatch.
-        print(f"ladder: `{' '.join(cmd)}` got no answer in 15 s: is the Slurm controller up "
-              "(SLURM_CONF)? The partition's nodes stay unknown.", file=sys.stderr)
-        return ""
-    return ",".join(sorted(set(out.stdout.split())))
-
-
-# Needed by the fingerprint, the env stage and every retry's node count: one sinfo per run.
-PARTITION_NODES = partition_nodes()
+preflight.check_or_exit(config, Path(workflow.basedir), PARTITION)
 
 
 def env_fingerprint():

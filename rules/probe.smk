@@ -10,7 +10,8 @@ rule probe:
         hash=config_hash("probe"),
         out_dir=lambda w, output: Path(output.verdict).parent,
         log_dir="results/logs/probe",
-        nodes=NODES,
+        # The nodes this job got: fewer than configured on a degraded retry.
+        nodes=lambda wildcards, resources: resources.nodes,
         gpus=GPUS,
     log:
         "results/logs/probe/probe.log",

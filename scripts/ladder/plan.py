@@ -78,8 +78,10 @@ def model_config(model: dict[str, Any]) -> dict[str, Any]:
     """The model's config.json as a dict; for the tiny model, the parts the plan reads."""
     if model["name"] == "tiny" and not model.get("path"):
         # tinymodel builds Falcon with the new decoder architecture (grouped KV heads).
+        from ladder.tinymodel import Recipe
+
         return {"model_type": model.get("architecture", "qwen2"), "num_hidden_layers": model["tiny_layers"],
-                "new_decoder_architecture": True, **TINY_SHAPE}
+                "new_decoder_architecture": True, "max_position_embeddings": Recipe.max_position, **TINY_SHAPE}
     return json.loads((Path(model["path"]) / "config.json").read_text())
 
 

@@ -38,7 +38,7 @@ def test_empty_config_gets_every_default():
     assert cfg["cluster"] == {"name": "sandbox", "partition": None, "nodes": 2, "gpus_per_node": 0,
                               "cpus_per_node": 2, "mem_mb_per_node": 6000, "time_min": 30}
     assert cfg["env"]["prefix"] == ".venv" and cfg["env"]["flavor"] == "cpu" and cfg["env"]["build"] is True
-    assert cfg["ray"]["port_base"] == 20000 and cfg["ray"]["min_busbw_gbps"] is None
+    assert cfg["ray"]["port_base"] == 12000 and cfg["ray"]["min_busbw_gbps"] is None
     assert cfg["parallel"] == {"tensor_parallel_size": "auto", "pipeline_parallel_size": "auto",
                                "split_logprob_tolerance": 0.05}
     assert cfg["bench"]["concurrency"] == [1, 4]
