@@ -51,3 +51,58 @@ def test_malformed_yaml_names_the_file(sandbox, tmp_path):
     assert res.returncode != 0
     assert f"{repo / 'config' / 'config.yaml'} is not valid YAML (line 3" in out, out[-2000:]
     assert sandbox.job_ids() == before
+
+
+@pytest.mark.parametrize(("overrides", "named"), [
+    ({"cluster": {"nodes": 5}}, "cluster.nodes=5: the default partition has 3 node(s) (n1, n2, n3)"),
+    ({"ray": {"port_base": 20000}}, "ray.port_base/ray.port_range: ports 20000-39999 overlap"),
+    ({"model": {"max_model_len": 2048}}, "model.max_model_len=2048: the model's max_position_embeddings is 512"),
+], ids=["more-nodes-than-the-partition", "ports-in-the-ephemeral-range", "context-beyond-the-model"])
+def test_config_the_cluster_cannot_run_is_refused(run_dag, sandbox, overrides, named):
+    before = sandbox.job_ids()
+    run = run_dag("all", overrides=overrides, timeout=60)
+    assert run.returncode != 0 and named in run.stdout, run.stdout[-3000:]
+    assert run.elapsed < 10 and sandbox.job_ids() == before
+
+
+ONE_RULE = """
+rule stuck:
+    output: "stuck.txt"
+    resources: nodes={nodes}, tasks={nodes}, cpus_per_task=1, mem_mb=100, runtime=5, slurm_extra="{extra}"
+    shell: "hostname > {{output}}"
+"""
+
+
+def run_one_rule(sandbox, tmp_path, nodes: int, extra: str, patience_min: float):
+    """One job through profiles/sandbox's executor (the preflight is ladder's Snakefile's: not here)."""
+    (tmp_path / "Snakefile").write_text(ONE_RULE.format(nodes=nodes, extra=extra))
+    try:
+        res = subprocess.run([str(BIN / "snakemake"), "stuck.txt", "-s", str(tmp_path / "Snakefile"), "--directory",
+                              str(tmp_path), "--profile", str(ROOT / "profiles" / "sandbox"),
+                              "--config", f"faults={{pending_patience_min: {patience_min}}}"],
+                             env=sandbox.env(), capture_output=True, text=True, timeout=120)
+    finally:  # a watch that failed leaves the job pending: not for the next test
+        left = [line.split()[0] for line in sandbox.slurm("squeue", "-h", "-o", "%i %Z").splitlines()
+                if line.split()[1:] == [str(tmp_path)]]
+        if left:
+            sandbox.slurm("scancel", *left)
+    return res.returncode, res.stdout + res.stderr
+
+
+def test_job_that_can_never_start_is_cancelled_with_its_reason(sandbox, tmp_path):
+    """5 nodes of a 3-node partition pend for ever (PartitionNodeLimit): cancelled at a status check."""
+    rc, out = run_one_rule(sandbox, tmp_path, 5, "", 30)
+    assert rc != 0 and "can never start: PartitionNodeLimit; cancelled" in out, out[-3000:]
+    assert "stuck" not in sandbox.running_jobs()
+
+
+def test_job_waiting_on_a_drained_node_is_reported_then_cancelled(sandbox, tmp_path):
+    sandbox.slurm("scontrol", "update", "nodename=n3", "state=drain", "reason=ladder-test")
+    try:
+        rc, out = run_one_rule(sandbox, tmp_path, 1, "--nodelist=n3", 0.1)
+    finally:
+        sandbox.slurm("scontrol", "update", "nodename=n3", "state=resume")
+    assert rc != 0, out[-3000:]
+    assert "is pending: ReqNodeNotAvail, UnavailableNodes:n3" in out, out[-3000:]
+    assert "(faults.pending_patience_min) for unavailable nodes: ReqNodeNotAvail" in out, out[-3000:]
+    assert "stuck" not in sandbox.running_jobs()

@@ -1,4 +1,5 @@
-"""The sandbox's executor: the Slurm plugin's status-check back-off capped at seconds-between-status-checks."""
+"""ladder's executors: the pending-job watch (slurm-ladder) and the sandbox's status-check back-off capped at
+seconds-between-status-checks (slurm-sandbox)."""
 
 import asyncio
 from types import SimpleNamespace
@@ -7,6 +8,7 @@ import pytest
 import snakemake_executor_plugin_slurm as slurm
 from snakemake_interface_executor_plugins.registry import ExecutorPluginRegistry
 
+import snakemake_executor_plugin_slurm_ladder as ladder
 import snakemake_executor_plugin_slurm_sandbox as sandbox
 
 pytestmark = pytest.mark.unit
@@ -33,10 +35,13 @@ def backing_off(monkeypatch):
         self.next_seconds_between_status_checks = min(self.next_seconds_between_status_checks + 10, 180)
 
     monkeypatch.setattr(slurm.Executor, "check_active_jobs", check)
+    monkeypatch.setattr(ladder, "pending_reasons", lambda name: {})  # nothing pending
 
     def make(cls):
         ex = cls.__new__(cls)
-        ex.workflow = SimpleNamespace(remote_execution_settings=SimpleNamespace(seconds_between_status_checks=2))
+        ex.workflow = SimpleNamespace(remote_execution_settings=SimpleNamespace(seconds_between_status_checks=2),
+                                      config={})
+        ex.run_uuid = "run"
         ex._next_seconds_between_status_checks = None
         return ex
 
@@ -52,3 +57,21 @@ def test_registered_as_slurm_sandbox_with_the_plugins_settings():
     plugin = ExecutorPluginRegistry().get_plugin("slurm-sandbox")
     assert plugin.executor is sandbox.Executor and issubclass(plugin.executor, slurm.Executor)
     assert plugin._executor_settings_cls is slurm.ExecutorSettings
+
+
+@pytest.mark.parametrize(("reason", "waited_s", "expected"), [
+    ("PartitionNodeLimit", 0, "can never start: PartitionNodeLimit"),
+    ("QOSMaxWallDurationPerJobLimit", 0, "can never start: QOSMaxWallDurationPerJobLimit"),
+    ("ReqNodeNotAvail, UnavailableNodes:n3", 59, None),
+    ("ReqNodeNotAvail, UnavailableNodes:n3", 60, "waited 1.0 min (faults.pending_patience_min) for unavailable "
+                                                  "nodes: ReqNodeNotAvail, UnavailableNodes:n3"),
+    ("Resources", 10**6, None),
+    ("Priority", 10**6, None),
+])
+def test_pending_reasons_that_cancel(reason, waited_s, expected):
+    assert ladder.verdict(reason, waited_s, patience_s=60) == expected
+
+
+def test_slurm_ladder_registered_and_the_sandbox_builds_on_it():
+    plugin = ExecutorPluginRegistry().get_plugin("slurm-ladder")
+    assert plugin.executor is ladder.Executor and issubclass(sandbox.Executor, ladder.Executor)
