@@ -13,6 +13,7 @@ rule probe:
         # The nodes this job got: fewer than configured on a degraded retry.
         nodes=lambda wildcards, resources: resources.nodes,
         gpus=GPUS,
+        network=config["cluster"]["network"],
     log:
         "results/logs/probe/probe.log",
     benchmark:
@@ -23,7 +24,7 @@ rule probe:
     shell:
         "(rm -rf {params.out_dir}/nodes && mkdir -p {params.out_dir}/nodes {params.log_dir}"
         " && srun --nodes={params.nodes} --ntasks-per-node=1 --output={params.log_dir}/%N.log"
-        "   {params.py} -m ladder.probe node --out-dir {params.out_dir}/nodes --shared ."
+        "   {params.py} -m ladder.probe node --out-dir {params.out_dir}/nodes --shared . --network {params.network}"
         " ; {params.py} -m ladder.probe summarize --node-dir {params.out_dir}/nodes"
-        "   --expected-nodes $({params.py} -m ladder.slurm nodes) --gpus-per-node {params.gpus}"
+        "   --expected-nodes $({params.py} -m ladder.slurm nodes) --gpus-per-node {params.gpus} --network {params.network}"
         "   --config-hash {params.hash} --out {output.nodes} --verdict {output.verdict}) > {log} 2>&1"

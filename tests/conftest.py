@@ -62,7 +62,12 @@ class Sandbox:
         return [f"n{i}" for i in range(1, self.nodes + 1)]
 
     def node_ip(self, i: int) -> str:
+        """Management address (eth0: Slurm, default route)."""
         return f"10.77.{self.instance}.{10 + i}"
+
+    def fabric_ip(self, i: int) -> str:
+        """Fast-fabric address (ib0): Ray, vLLM, NCCL and Gloo use it."""
+        return f"10.78.{self.instance}.{10 + i}"
 
     def slurm(self, *cmd: str, timeout: float = 30) -> str:
         res = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)

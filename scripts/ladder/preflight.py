@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import shutil
 import subprocess
@@ -109,6 +110,12 @@ def problems(config: dict[str, Any], basedir: Path, partition: dict[str, int] | 
     if key_file and not Path(key_file).is_file():
         out.append(f"serve.api_key_file: {key_file} does not exist (the API key is read from it)")
     out += port_problems(config["ray"], ephemeral_ports())
+    network = config["cluster"]["network"]
+    if "/" in network:
+        try:
+            ipaddress.IPv4Network(network, strict=False)
+        except ValueError as err:
+            out.append(f"cluster.network={network}: not an IPv4 network ({err})")
     flavor = config["env"]["flavor"]
     if not (basedir / "envs" / f"{flavor}.lock.txt").exists():
         out.append(f"env.flavor={flavor}: envs/{flavor}.lock.txt does not exist")

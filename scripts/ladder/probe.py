@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from ladder.monitor import visible_indices
-from ladder.raycommand import primary_nic
+from ladder.raycommand import choose_nic
 from ladder.verdict import Verdict, write_json
 
 
@@ -60,6 +60,15 @@ def nics() -> list[dict[str, Any]]:
             "infiniband": Path(f"/sys/class/net/{name}/device/infiniband").exists(),
         })
     return out
+
+
+def default_route() -> str | None:
+    """The interface of the IPv4 default route (/proc/net/route: destination 00000000)."""
+    try:
+        lines = Path("/proc/net/route").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    return next((f[0] for f in (line.split() for line in lines) if len(f) > 1 and f[1] == "00000000"), None)
 
 
 def gpus() -> dict[str, Any]:
@@ -131,18 +140,16 @@ def probe_node(shared: Path) -> dict[str, Any]:
         "disk": {"path": str(shared.resolve()), "free_gib": round(du.free / 2**30, 1),
                  "total_gib": round(du.total / 2**30, 1)},
         "nics": nics(),
+        "default_route": default_route(),
         "gpus": gpus(),
         "slurm": slurm_view(os.environ.get("SLURMD_NODENAME", host)),
     }
 
 
-def primary_ipv4(node: dict[str, Any]) -> str | None:
-    """The address Ray and vLLM will use on this node (ladder.raycommand.primary_nic)."""
-    nic = primary_nic(node)
-    return nic[1] if nic else None
-
-
-def summarize(node_dir: Path, expected_nodes: list[str], gpus_per_node: int, v: Verdict) -> list[dict[str, Any]]:
+def summarize(node_dir: Path, expected_nodes: list[str], gpus_per_node: int, v: Verdict,
+              network: str = "auto") -> list[dict[str, Any]]:
+    """The nodes' reports, each with the interface chosen for Ray, vLLM, NCCL and Gloo (`network`,
+    cluster.network; ladder.raycommand.choose_nic) and why; the checks go to `v`."""
     found = {}
     for f in sorted(node_dir.glob("*.json")):
         data = json.loads(f.read_text())
@@ -156,9 +163,12 @@ def summarize(node_dir: Path, expected_nodes: list[str], gpus_per_node: int, v: 
         name = n["slurm_node"]
         v.check(f"{name}:gpus", n["gpus"]["count"] == gpus_per_node, n["gpus"]["count"], gpus_per_node, "GPUs",
                 detail=n["gpus"].get("reason", "") if n["gpus"]["count"] != gpus_per_node else n["gpus"]["kind"])
-        ip = primary_ipv4(n)
-        v.check(f"{name}:address", ip is not None, ip, "a routable IPv4")
-    ips = [primary_ipv4(n) for n in nodes]
+        n["network"] = choose_nic(n, network)
+        v.check(f"{name}:address", n["network"] is not None, n["network"] and n["network"]["ip"],
+                f"an IPv4 of cluster.network={network}",
+                detail=n["network"]["why"] if n["network"] else "NICs: " + ", ".join(
+                    f"{c['name']} {c['ipv4']}{'' if c['up'] else ' down'}" for c in n["nics"]))
+    ips = [n["network"] and n["network"]["ip"] for n in nodes]
     v.check("distinct_addresses", len(set(ips)) == len(ips), len(set(ips)), len(ips), "addresses",
             detail="Ray and vLLM need one IP per node")
     # Nodes that share a host (or a misconfigured gres.conf) must not hand out the same GPU twice.
@@ -182,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("--out-dir", type=Path, required=True)
     n.add_argument("--shared", type=Path, default=Path("."), help="shared path whose free disk is reported")
     s = sub.add_parser("summarize", help="merge per-node results and write the verdict")
+    for p in (n, s):
+        p.add_argument("--network", default="auto", help="cluster.network: interface name, IPv4 CIDR or auto")
     s.add_argument("--node-dir", type=Path, required=True)
     s.add_argument("--expected-nodes", required=True, help="comma-separated allocation node list")
     s.add_argument("--gpus-per-node", type=int, required=True)
@@ -193,11 +205,11 @@ def main(argv: list[str] | None = None) -> int:
         data = probe_node(a.shared)
         write_json(a.out_dir / f"{data['slurm_node']}.json", data)
         print(json.dumps({k: data[k] for k in ("hostname", "cpu", "memory")}), flush=True)
-        print(f"gpus: {data['gpus']['kind']} x{data['gpus']['count']}; ipv4: {primary_ipv4(data)}")
+        print(f"gpus: {data['gpus']['kind']} x{data['gpus']['count']}; network: {choose_nic(data, a.network)}")
         return 0
     v = Verdict("probe", config_hash=a.config_hash)
     expected = [x for x in a.expected_nodes.split(",") if x]
-    nodes = summarize(a.node_dir, expected, a.gpus_per_node, v)
+    nodes = summarize(a.node_dir, expected, a.gpus_per_node, v, a.network)
     v.metrics["gpus_total"] = sum(n["gpus"]["count"] for n in nodes)
     v.metrics["cpus_total"] = sum(n["cpu"]["affinity"] for n in nodes)
     write_json(a.out, {"nodes": nodes})

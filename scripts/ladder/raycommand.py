@@ -6,6 +6,7 @@ the stage script; both read the same ``Spec``.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sys
@@ -46,19 +47,48 @@ class Spec:
         return f"/tmp/ladder-ray-{self.job}-{node}"
 
 
-def primary_nic(node: dict[str, Any]) -> tuple[str, str] | None:
-    """(interface, IPv4) of a probed node's first up, non-loopback interface with an IPv4."""
-    for nic in node["nics"]:
-        ips = [ip for ip in nic["ipv4"] if not ip.startswith("127.")]
-        if nic["up"] and nic["name"] != "lo" and ips:
-            return nic["name"], ips[0]
-    return None
+# Interfaces of containers, VMs and overlays: an address there reaches no other node.
+NOT_FABRIC = ("docker", "br-", "virbr", "veth", "cni", "flannel", "cali", "vxlan", "tun", "tap", "podman", "lxc")
+
+
+def choose_nic(node: dict[str, Any], network: str = "auto") -> dict[str, str] | None:
+    """The interface Ray, vLLM, NCCL and Gloo use on a probed node: {iface, ip, why}, or None.
+
+    `network` (cluster.network): an interface name, an IPv4 CIDR, or "auto": among the up
+    interfaces with an IPv4 (not loopback, not a container/VM bridge), InfiniBand (IPoIB: the
+    device has an infiniband class, or the name starts with "ib") first, then the fastest link,
+    then the one holding the default route, then by name.
+    """
+    up = [(n, ip) for n in node["nics"] for ip in n["ipv4"] if n["up"] and not ip.startswith("127.")]
+    if network != "auto":
+        if "/" in network:
+            net = ipaddress.ip_network(network, strict=False)
+            found = [(n, ip) for n, ip in up if ipaddress.ip_address(ip) in net]
+            why = f"cluster.network={network}: its address is in that network"
+        else:
+            found = [(n, ip) for n, ip in up if n["name"] == network]
+            why = f"cluster.network={network}"
+        return {"iface": found[0][0]["name"], "ip": found[0][1], "why": why} if found else None
+    skipped = sorted({n["name"] for n, _ in up if n["name"].startswith(NOT_FABRIC)})
+    fabric = [(n, ip) for n, ip in up if not n["name"].startswith(NOT_FABRIC)]
+    if not fabric:
+        return None
+
+    def ib(n: dict[str, Any]) -> bool:
+        return bool(n.get("infiniband")) or n["name"].startswith("ib")
+
+    best, ip = min(fabric, key=lambda c: (not ib(c[0]), -(c[0].get("speed_mbps") or 0),
+                                          c[0]["name"] != node.get("default_route"), c[0]["name"]))
+    attrs = [a for a, on in (("InfiniBand", ib(best)), (f"{best.get('speed_mbps')} Mb/s", best.get("speed_mbps")),
+                             ("default route", best["name"] == node.get("default_route"))) if on]
+    why = f"auto: {best['name']} ({', '.join(attrs) or 'first by name'}) of {', '.join(n['name'] for n, _ in fabric)}"
+    return {"iface": best["name"], "ip": ip, "why": why + (f"; skipped {', '.join(skipped)}" if skipped else "")}
 
 
 def addresses_from_probe(probe_nodes: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
-    """node -> address and node -> its interface, as the probe saw them (nodes without one left out)."""
-    found = {n["slurm_node"]: nic for n in probe_nodes if (nic := primary_nic(n))}
-    return {n: ip for n, (_, ip) in found.items()}, {n: iface for n, (iface, _) in found.items()}
+    """node -> address and node -> its interface, as the probe chose them (nodes without one left out)."""
+    found = {n["slurm_node"]: nic for n in probe_nodes if (nic := n.get("network") or choose_nic(n))}
+    return {n: c["ip"] for n, c in found.items()}, {n: c["iface"] for n, c in found.items()}
 
 
 def ray_start_cmd(spec: Spec, node: str) -> list[str]:

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from ladder import slurm
 from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
 from ladder.verdict import Verdict, require_gate, stage_parser, write_json
@@ -60,7 +62,9 @@ def check_tasks(v: Verdict, ids: dict[str, str], addrs: dict[str, str]) -> None:
                 detail="VLLM_HOST_IP seen by a Ray worker must equal the node's Ray IP")
 
 
-def check_transfer(v: Verdict, ids: dict[str, str], head: str, size_mb: int) -> None:
+def check_transfer(v: Verdict, ids: dict[str, str], head: str, size_mb: int, ifaces: dict[str, str]) -> None:
+    """Head -> every other node: an object of size_mb, its rate, and that its bytes arrived on the
+    node's chosen interface (the interface's receive counter, read on the node before and after)."""
     import numpy as np
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -68,6 +72,11 @@ def check_transfer(v: Verdict, ids: dict[str, str], head: str, size_mb: int) -> 
     @ray.remote(num_cpus=0)
     def consume(arr: Any) -> float:
         return float(arr.sum())
+
+    @ray.remote(num_cpus=0)
+    def received(iface: str) -> int | None:
+        counters = psutil.net_io_counters(pernic=True).get(iface)
+        return counters.bytes_recv if counters else None
 
     others = [n for n in ids if n != head]
     if not others:
@@ -79,12 +88,19 @@ def check_transfer(v: Verdict, ids: dict[str, str], head: str, size_mb: int) -> 
         strategy = NodeAffinitySchedulingStrategy(ids[node], soft=False)
         ray.get(consume.options(scheduling_strategy=strategy).remote(np.ones(8)), timeout=60)  # warm worker
         ref = ray.put(arr)
+        before = ray.get(received.options(scheduling_strategy=strategy).remote(ifaces[node]), timeout=60)
         t0 = time.perf_counter()
         total = ray.get(consume.options(scheduling_strategy=strategy).remote(ref), timeout=300)
         dt = time.perf_counter() - t0
+        after = ray.get(received.options(scheduling_strategy=strategy).remote(ifaces[node]), timeout=60)
         rates.append(size_mb / dt)
         v.check(f"{head}->{node}:object_transfer", total == arr.size, total, float(arr.size),
                 detail=f"{size_mb} MB in {dt:.3f}s = {size_mb / dt:.0f} MB/s")
+        got = None if before is None or after is None else round((after - before) / 2**20, 1)
+        # Counters see every byte with its headers; 0.9 leaves room for a counter read racing the end.
+        v.check(f"{head}->{node}:transfer_on_{ifaces[node]}", got is not None and got >= 0.9 * size_mb, got,
+                f">= 0.9 x {size_mb}", "MiB", detail=f"received on {node}'s {ifaces[node]} (the probe's choice) "
+                "while the object moved")
         del ref
     v.metrics["transfer_mb_s_min"] = round(min(rates), 1)
 
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         v.check("nodes_joined", True, len(nodes), len(nodes), "nodes", detail=f"all joined in {bringup:.1f}s")
         ids = check_nodes(v, cluster, probe, spec.cpus)
         check_tasks(v, ids, addrs)
-        check_transfer(v, ids, spec.head, rc["transfer_mb"])
+        check_transfer(v, ids, spec.head, rc["transfer_mb"], spec.ifaces)
         if spec.gpus:
             from ladder.collective import check_allreduce
 

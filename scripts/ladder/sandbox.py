@@ -62,17 +62,22 @@ class Spec:
     fake_gpus: int = 0
     real_gpus: bool = False
     instance: int = 0
-    subnet: str = ""  # /24, default 10.77.<instance>; the bridge is .1, node i is .(10+i)
+    subnet: str = ""  # management /24 (eth0, Slurm, default route), default 10.77.<instance>; bridge .1, node i .(10+i)
     shm_mb: int = 4096
+    fabric: str = ""  # fast-fabric /24 (ib0), default 10.78.<instance>, numbered like the management one
 
     def __post_init__(self) -> None:
         self.subnet = self.subnet or f"10.77.{self.instance}"
+        self.fabric = self.fabric or f"10.78.{self.instance}"
 
     def node_names(self) -> list[str]:
         return [f"n{i}" for i in range(1, self.nodes + 1)]
 
     def node_ip(self, i: int) -> str:
         return f"{self.subnet}.{10 + i}"
+
+    def fabric_ip(self, i: int) -> str:
+        return f"{self.fabric}.{10 + i}"
 
 
 @dataclass
@@ -264,22 +269,32 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 
 # ---------------------------------------------------------------- network
 def net_up(spec: Spec) -> None:
-    br = bridge(spec.instance)
-    if sh("ip", "link", "show", br, check=False).returncode != 0:
-        sh("ip", "link", "add", br, "type", "bridge")
-    sh("ip", "addr", "replace", f"{spec.subnet}.1/24", "dev", br)
-    sh("ip", "link", "set", br, "up")
+    """Each node as a site's GPU node has it: eth0 on the management network with the default route
+    (Slurm's NodeAddr), ib0 on a fabric network of its own (named like IPoIB), and docker0, a bridge
+    address that reaches no other node (172.17.0.1 on every node)."""
+    nets = [(bridge(spec.instance), spec.subnet, "eth0", ""), (bridge(spec.instance) + "ib", spec.fabric, "ib0", "i")]
+    for br, subnet, _, _ in nets:
+        if sh("ip", "link", "show", br, check=False).returncode != 0:
+            sh("ip", "link", "add", br, "type", "bridge")
+        sh("ip", "addr", "replace", f"{subnet}.1/24", "dev", br)
+        sh("ip", "link", "set", br, "up")
     for i, node in enumerate(spec.node_names(), start=1):
         ns = ns_prefix(spec.instance) + node
         if not Path(f"/run/netns/{ns}").exists():
             sh("ip", "netns", "add", ns)
-        host_if = veth(spec.instance, node)
-        if sh("ip", "link", "show", host_if, check=False).returncode != 0:
-            sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "link", "set", host_if, "master", br, "up")
-        sh("ip", "-n", ns, "addr", "replace", f"{spec.node_ip(i)}/24", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        for br, subnet, name, suffix in nets:
+            host_if = veth(spec.instance, node) + suffix
+            if sh("ip", "link", "show", host_if, check=False).returncode != 0:
+                sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", name, "netns", ns)
+            sh("ip", "link", "set", host_if, "master", br, "up")
+            sh("ip", "-n", ns, "addr", "replace", f"{subnet}.{10 + i}/24", "dev", name)
+            sh("ip", "-n", ns, "link", "set", name, "up")
+        if sh("ip", "-n", ns, "link", "show", "docker0", check=False).returncode != 0:
+            sh("ip", "-n", ns, "link", "add", "docker0", "type", "bridge")  # no ports, like an idle docker0
+        sh("ip", "-n", ns, "addr", "replace", "172.17.0.1/16", "dev", "docker0")
+        sh("ip", "-n", ns, "link", "set", "docker0", "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", ns, "route", "replace", "default", "via", f"{spec.subnet}.1", "dev", "eth0")
 
 
 def our_namespaces(instance: int) -> list[str]:
@@ -296,9 +311,11 @@ def pids_in_namespaces(instance: int) -> list[int]:
 def net_down(instance: int) -> None:
     for ns in our_namespaces(instance):
         node = ns[len(ns_prefix(instance)) :]
-        sh("ip", "link", "del", veth(instance, node), check=False)
+        for host_if in (veth(instance, node), veth(instance, node) + "i"):
+            sh("ip", "link", "del", host_if, check=False)
         sh("ip", "netns", "del", ns, check=False)
-    sh("ip", "link", "del", bridge(instance), check=False)
+    for br in (bridge(instance), bridge(instance) + "ib"):
+        sh("ip", "link", "del", br, check=False)
 
 
 # ---------------------------------------------------------------- daemons
@@ -397,7 +414,8 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
         wait_for(f"{spec.nodes} slurmd nodes idle", all_idle, timeout, ctld_log)
     except SandboxError as err:
         raise SandboxError(f"{err}\nsinfo: {sinfo_nodes(env)}") from None
-    print(f"sandbox up: {spec.nodes} nodes {spec.node_names()} on {spec.subnet}.0/24 ({state_dir})")
+    print(f"sandbox up: {spec.nodes} nodes {spec.node_names()} on {spec.subnet}.0/24, fabric ib0 on "
+          f"{spec.fabric}.0/24 ({state_dir})")
     return state
 
 

@@ -82,7 +82,7 @@ def firewall(sandbox):
 
 
 def test_worker_that_cannot_join_fails_within_deadline_naming_it(run_dag, sandbox, firewall, tmp_path):
-    firewall("n2", sandbox.node_ip(1))  # n2 cannot reach the Ray head on n1
+    firewall("n2", sandbox.fabric_ip(1))  # n2 cannot reach the Ray head on n1
     t0 = time.monotonic()
     run = run_dag(RAY, overrides={"cluster": {"nodes": 2}, "ray": {"join_timeout_s": 20, **RAY_PORTS}},
                   workdir=tmp_path / "w")
@@ -100,7 +100,7 @@ def test_worker_that_cannot_join_fails_within_deadline_naming_it(run_dag, sandbo
 
 
 def test_failed_node_is_excluded_on_retry_and_run_is_degraded(run_dag, sandbox, firewall, tmp_path):
-    firewall("n3", sandbox.node_ip(1))
+    firewall("n3", sandbox.fabric_ip(1))
     over = {"cluster": {"nodes": 3}, "ray": {"join_timeout_s": 20, **RAY_PORTS},
             "faults": {"retries": 1, "exclude_on_failure": True, "allow_degraded": True}}
     run = run_dag(RAY, overrides=over, workdir=tmp_path / "w")

@@ -84,7 +84,7 @@ def check_ladder(run, sandbox, nodes: int) -> None:
     log = (run.results / "logs" / "multinode" / "n1" / "vllm-serve.log").read_text()
     assert "--distributed-executor-backend ray" in log and f"--pipeline-parallel-size {nodes}" in log
     for i in range(2, nodes + 1):
-        assert f"ip={sandbox.node_ip(i)}" in log  # a worker really ran on that node
+        assert f"ip={sandbox.fabric_ip(i)}" in log  # a worker really ran on that node, over its fabric
     # Report with real data and non-empty plots.
     html = (run.results / "report" / "index.html").read_text()
     for stage in STAGES:

@@ -37,12 +37,16 @@ def check_probe(run, sandbox, nodes: int) -> None:
     for i, n in enumerate(inventory, start=1):
         # Its own hostname (UTS namespace) and its own IP (network namespace).
         assert n["hostname"] == f"n{i}"
-        eth = [nic for nic in n["nics"] if nic["name"] != "lo"]
-        assert [ip for nic in eth for ip in nic["ipv4"]] == [sandbox.node_ip(i)]
+        ips = {nic["name"]: nic["ipv4"] for nic in n["nics"] if nic["name"] != "lo"}
+        assert ips == {"eth0": [sandbox.node_ip(i)], "ib0": [sandbox.fabric_ip(i)], "docker0": ["172.17.0.1"]}
+        assert n["default_route"] == "eth0"  # the management network
+        # Ray, vLLM, NCCL and Gloo go over the fabric, never the bridge (cluster.network: auto).
+        assert n["network"] == {"iface": "ib0", "ip": sandbox.fabric_ip(i),
+                                "why": "auto: ib0 (InfiniBand, 10000 Mb/s) of eth0, ib0; skipped docker0"}
         assert n["gpus"]["kind"] == "cpu-only" and n["gpus"]["count"] == 0
         assert n["memory"]["total_mib"] > 0 and n["cpu"]["logical"] >= 1
         log = run.results / "logs" / "probe" / f"n{i}.log"
-        assert f"ipv4: {sandbox.node_ip(i)}" in log.read_text()
+        assert f"'iface': 'ib0', 'ip': '{sandbox.fabric_ip(i)}'" in log.read_text()
     assert (run.results / "benchmarks" / "probe.tsv").exists()
     assert list((run.results / "logs" / "slurm" / "rule_probe").glob("*.log"))
 

@@ -35,14 +35,15 @@ def test_repo_config_is_valid():
 
 def test_empty_config_gets_every_default():
     cfg = check({})
-    assert cfg["cluster"] == {"name": "sandbox", "partition": None, "nodes": 2, "gpus_per_node": 0,
+    assert cfg["cluster"] == {"name": "sandbox", "partition": None, "network": "auto", "nodes": 2, "gpus_per_node": 0,
                               "cpus_per_node": 2, "mem_mb_per_node": 6000, "time_min": 30}
     assert cfg["env"]["prefix"] == ".venv" and cfg["env"]["flavor"] == "cpu" and cfg["env"]["build"] is True
     assert cfg["ray"]["port_base"] == 12000 and cfg["ray"]["min_busbw_gbps"] is None
     assert cfg["parallel"] == {"tensor_parallel_size": "auto", "pipeline_parallel_size": "auto",
                                "split_logprob_tolerance": 0.05}
     assert cfg["bench"]["concurrency"] == [1, 4]
-    assert cfg["faults"] == {"retries": 0, "exclude_on_failure": False, "allow_degraded": False}
+    assert cfg["faults"] == {"retries": 0, "exclude_on_failure": False, "allow_degraded": False,
+                             "pending_patience_min": 30}
     assert cfg["references"] == {}
 
 
@@ -128,6 +129,6 @@ def test_reference_entry_needs_four_items():
 
 
 def test_validation_does_not_touch_a_valid_section():
-    given = {"cluster": {"name": "lab", "partition": "gpu", "nodes": 4, "gpus_per_node": 8, "cpus_per_node": 64,
-                         "mem_mb_per_node": 500000, "time_min": 120}}
+    given = {"cluster": {"name": "lab", "partition": "gpu", "network": "ib0", "nodes": 4, "gpus_per_node": 8,
+                         "cpus_per_node": 64, "mem_mb_per_node": 500000, "time_min": 120}}
     assert check(copy.deepcopy(given))["cluster"] == given["cluster"]

@@ -154,6 +154,12 @@ def test_more_nodes_or_gpus_than_the_partition_has(basedir, cluster, nodes, expe
     assert preflight.problems(c, basedir, nodes) == expected
 
 
+def test_network_cidr_must_parse(basedir):
+    assert preflight.problems(cfg(cluster={"network": "10.2.0.0/16"}), basedir) == []
+    (found,) = preflight.problems(cfg(cluster={"network": "10.2.0.0/40"}), basedir)
+    assert found.startswith("cluster.network=10.2.0.0/40: not an IPv4 network")
+
+
 def test_unknown_partition(basedir):
     assert preflight.problems(cfg(cluster={"partition": "nosuch"}), basedir, {}) == [
         "cluster.partition='nosuch': Slurm knows no such partition"]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ladder.probe import primary_ipv4, summarize
+from ladder.probe import summarize
+from ladder.raycommand import choose_nic
 from ladder.verdict import Verdict
 
 pytestmark = pytest.mark.unit
@@ -68,9 +69,48 @@ def test_node_without_address_fails(tmp_path):
     assert "n1:address" in failed(v)
 
 
-def test_primary_ipv4_skips_loopback_and_down_links():
+def site_node() -> dict:
+    """A GPU node as a site has it: management NIC with the default route, IPoIB fabric, a docker bridge."""
     n = node("n1", None)
-    n["nics"] += [{"name": "eth1", "up": False, "ipv4": ["10.1.1.1"]},
-                  {"name": "ib0", "up": True, "ipv4": ["10.2.2.2"]}]
-    assert primary_ipv4(n) == "10.2.2.2"
-    assert primary_ipv4(node("n1", None)) is None
+    n["nics"] += [{"name": "docker0", "up": True, "speed_mbps": 10000, "ipv4": ["172.17.0.1"]},
+                  {"name": "eno1", "up": True, "speed_mbps": 1000, "ipv4": ["10.1.0.11"]},
+                  {"name": "eth9", "up": False, "speed_mbps": 100000, "ipv4": ["10.9.0.11"]},
+                  {"name": "ib0", "up": True, "speed_mbps": 0, "infiniband": True, "ipv4": ["10.2.0.11"]}]
+    n["default_route"] = "eno1"
+    return n
+
+
+def test_auto_picks_the_fabric_never_a_bridge_or_a_down_link():
+    chosen = choose_nic(site_node())
+    assert (chosen["iface"], chosen["ip"]) == ("ib0", "10.2.0.11")
+    assert chosen["why"] == "auto: ib0 (InfiniBand) of eno1, ib0; skipped docker0"
+
+
+def test_auto_without_infiniband_takes_the_fastest_then_the_default_route():
+    n = site_node()
+    n["nics"] = [c for c in n["nics"] if c["name"] != "ib0"]
+    assert choose_nic(n)["iface"] == "eno1"
+    n["nics"].append({"name": "ens5", "up": True, "speed_mbps": 1000, "ipv4": ["10.5.0.11"]})
+    assert choose_nic(n)["why"] == "auto: eno1 (1000 Mb/s, default route) of eno1, ens5; skipped docker0"
+    n["nics"].append({"name": "ens6", "up": True, "speed_mbps": 25000, "ipv4": ["10.6.0.11"]})
+    assert choose_nic(n)["iface"] == "ens6"
+
+
+@pytest.mark.parametrize(("network", "iface"), [
+    ("eno1", "eno1"), ("10.1.0.0/16", "eno1"), ("10.2.0.0/24", "ib0"), ("docker0", "docker0"),
+    ("eth9", None), ("192.168.0.0/16", None), ("lo", None)])
+def test_network_by_name_or_cidr(network, iface):
+    chosen = choose_nic(site_node(), network)
+    assert (chosen and chosen["iface"]) == iface and (chosen is None or network in chosen["why"])
+
+
+def test_summary_records_the_choice_and_why(tmp_path):
+    v = Verdict("probe")
+    (n,) = summarize(write(tmp_path / "n", site_node()), ["n1"], 0, v)
+    assert n["network"]["iface"] == "ib0"
+    check = next(c for c in v.checks if c.name == "n1:address")
+    assert check.ok and check.value == "10.2.0.11" and check.detail.startswith("auto: ib0")
+    v = Verdict("probe")
+    summarize(write(tmp_path / "m", site_node()), ["n1"], 0, v, network="eth9")  # down
+    check = next(c for c in v.checks if c.name == "n1:address")
+    assert check.ok is False and "eth9 ['10.9.0.11'] down" in check.detail
