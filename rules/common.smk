@@ -27,7 +27,13 @@ PARTITION = preflight.partition_gpus(config)
 PARTITION_NODES = ",".join(sorted(PARTITION or {}))
 
 # Bad input fails here, naming the key or file, before anything is submitted.
-preflight.check_or_exit(config, Path(workflow.basedir), PARTITION)
+preflight.check_or_exit(config, Path(workflow.basedir), PARTITION,
+                        workflow.resource_settings.overwrite_resources or {})
+
+# env.modules and env.setup run first in every job's shell (after Snakemake's strict mode).
+SETUP = ([f"module load {' '.join(config['env']['modules'])}"] if config["env"]["modules"] else []) + config["env"]["setup"]
+if SETUP:
+    shell.prefix("set -euo pipefail; " + "; ".join(SETUP) + "; ")
 
 
 def env_fingerprint():
@@ -89,8 +95,14 @@ def node_count(wildcards, attempt):
 
 
 def slurm_extra(wildcards, attempt):
+    """sbatch flags the plugin has no resource for: failed nodes excluded, reservation, whole nodes."""
     excluded = excluded_nodes()
-    return f"--exclude={','.join(excluded)}" if excluded else ""
+    flags = [f"--exclude={','.join(excluded)}"] if excluded else []
+    if config["cluster"]["reservation"]:
+        flags.append(f"--reservation={config['cluster']['reservation']}")
+    if config["cluster"]["exclusive"]:
+        flags.append("--exclusive")
+    return " ".join(flags)
 
 
 def mpi_launcher(wildcards, attempt):
@@ -104,25 +116,29 @@ def mpi_launcher(wildcards, attempt):
     return "srun" if node_count(wildcards, attempt) > 1 else ""
 
 
-def stage_resources(nodes=1, mpi=False, gpus=True, mem_mb=None, runtime=None):
+def stage_resources(stage, nodes=1, mpi=False, gpus=True, mem_mb=None, runtime=None):
     """Slurm resources for one stage job (the plugin turns them into sbatch flags)."""
+    c = config["cluster"]
     multi = nodes > 1
     res = {
         "nodes": node_count if multi else nodes,
         "tasks": node_count if multi else nodes,
-        "cpus_per_task": config["cluster"]["cpus_per_node"],
-        "mem_mb": mem_mb or config["cluster"]["mem_mb_per_node"],
-        "runtime": runtime or config["cluster"]["time_min"],
+        "cpus_per_task": c["cpus_per_node"],
+        "mem_mb": mem_mb or c["mem_mb_per_node"],
+        "runtime": c["stage_time_min"].get(stage) or runtime or c["time_min"],
         "slurm_extra": slurm_extra,
     }
-    if config["cluster"]["partition"]:
-        res["slurm_partition"] = config["cluster"]["partition"]
+    # The plugin's own resources for the site's keys: a profile cannot drop them by accident.
+    for key, resource in (("partition", "slurm_partition"), ("account", "slurm_account"), ("qos", "qos"),
+                          ("constraint", "constraint")):
+        if c[key]:
+            res[resource] = c[key]
     if mpi:
         # The rule's own srun is the top-level step across all nodes (DESIGN.md §5).
         res["mpi"] = mpi_launcher if multi else ""
     if gpus and GPUS:
         # gres per node; `gpu=N` would mean N for the whole job.
-        res["gres"] = f"gpu:{GPUS}"
+        res["gres"] = f"gpu:{config['cluster']['gpu_type']}:{GPUS}" if config["cluster"]["gpu_type"] else f"gpu:{GPUS}"
         # The plugin adds --ntasks-per-gpu=<tasks> to any GPU job (issue #316), which Slurm
         # refuses with nodes=N tasks=N gres=gpu:K ("Requested node configuration is not
         # available"); 0 leaves it out.

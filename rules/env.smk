@@ -18,7 +18,7 @@ rule env:
         "results/benchmarks/env.tsv"
     retries: FAULTS["retries"]
     resources:
-        **stage_resources(nodes=1, gpus=False, mem_mb=2000),
+        **stage_resources("env", nodes=1, gpus=False, mem_mb=2000),
     shell:
         "{params.boot_py} -m ladder.envcheck --prefix {params.prefix} --lock {params.lock}"
         " --flavor {params.flavor} {params.build} --nodes '{params.nodes}' --config-hash {params.hash}"

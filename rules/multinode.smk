@@ -25,7 +25,7 @@ rule multinode:
         "results/benchmarks/multinode.tsv"
     retries: FAULTS["retries"]
     resources:
-        **stage_resources(nodes=NODES, mpi=True),
+        **stage_resources("multinode", nodes=NODES, mpi=True),
     shell:
         "{params.py} -m ladder.multistage --gate {input.gate} --results {params.results}"
         " --config {input.config} --cache {params.cache} --out-dir {params.out_dir}"

@@ -20,7 +20,7 @@ rule probe:
         "results/benchmarks/probe.tsv"
     retries: FAULTS["retries"]
     resources:
-        **stage_resources(nodes=NODES, mpi=True, mem_mb=1000),
+        **stage_resources("probe", nodes=NODES, mpi=True, mem_mb=1000),
     shell:
         "(rm -rf {params.out_dir}/nodes && mkdir -p {params.out_dir}/nodes {params.log_dir}"
         " && srun --nodes={params.nodes} --ntasks-per-node=1 --output={params.log_dir}/%N.log"

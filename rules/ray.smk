@@ -18,7 +18,7 @@ rule ray:
         "results/benchmarks/ray.tsv"
     retries: FAULTS["retries"]
     resources:
-        **stage_resources(nodes=NODES, mpi=True),
+        **stage_resources("ray", nodes=NODES, mpi=True),
     shell:
         "{params.py} -m ladder.raystage --gate {input.gate} --results {params.results} --config {input.config}"
         " --log-dir {params.log_dir} --verdict {output.verdict}"

@@ -21,7 +21,7 @@ rule single:
         "results/benchmarks/single.tsv"
     retries: FAULTS["retries"]
     resources:
-        **stage_resources(nodes=1),
+        **stage_resources("single", nodes=1),
     shell:
         "{params.py} -m ladder.singlestage --gate {input.gate} --results {params.results}"
         " --config {input.config} --cache {params.cache} --out-dir {params.out_dir}"

@@ -129,8 +129,17 @@ def problems(config: dict[str, Any], basedir: Path, partition: dict[str, int] | 
     return out
 
 
-def check_or_exit(config: dict[str, Any], basedir: Path, partition: dict[str, int] | None = None) -> None:
-    found = problems(config, basedir, partition)
+def override_problems(overrides: dict[str, dict[str, Any]]) -> list[str]:
+    """A profile's set-resources slurm_extra replaces the rule's, which carries --exclude, --reservation
+    and --exclusive: refused, pointing at the config keys that set those."""
+    return [f"profile set-resources {rule}: slurm_extra would replace ladder's own (failed nodes excluded, "
+            "cluster.reservation, cluster.exclusive); use cluster.account / qos / constraint / reservation / "
+            "exclusive / stage_time_min instead" for rule, res in sorted(overrides.items()) if "slurm_extra" in res]
+
+
+def check_or_exit(config: dict[str, Any], basedir: Path, partition: dict[str, int] | None = None,
+                  overrides: dict[str, dict[str, Any]] | None = None) -> None:
+    found = problems(config, basedir, partition) + override_problems(overrides or {})
     if found:
         print("ladder: configuration rejected before submission:\n  " + "\n  ".join(found), file=sys.stderr)
         raise SystemExit(2)

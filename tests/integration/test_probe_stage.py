@@ -112,6 +112,22 @@ def test_probe_one_node(run_dag, sandbox, workdir, two_node_probe):
     assert (run.results / "logs" / "probe" / f"{verdict['nodes'][0]}.log").exists()
 
 
+def test_site_settings_reach_slurm_and_every_job(run_dag, sandbox):
+    """cluster.account / exclusive / stage_time_min arrive in the sbatch of each stage job (as Slurm records
+    them) and env.setup runs first in every job's shell."""
+    site = {"cluster": {"nodes": 1, "account": "lab", "exclusive": True, "stage_time_min": {"probe": 7}},
+            "env": {"setup": ["echo ladder-site-setup on $(hostname)"]}}
+    run = run_dag(PROBE, overrides=site, timeout=180)
+    assert run.returncode == 0, run.stdout[-4000:]
+    jobs = run.submitted()
+    for rule, minutes in (("env", "30"), ("probe", "7")):
+        job = sandbox.slurm("scontrol", "show", "job", str(jobs[rule]))
+        assert "Account=lab" in job and "OverSubscribe=NO" in job, job
+        assert f"TimeLimit=00:{int(minutes):02d}:00" in job, job
+        log = run.results / "logs" / "slurm" / f"rule_{rule}" / f"{jobs[rule]}.log"
+        assert "ladder-site-setup on n1" in log.read_text(), log.read_text()[-2000:]
+
+
 @pytest.mark.parametrize(("overrides", "named"), [
     ({"cluster": {"nodse": 2}}, "'nodse' was unexpected"),
     ({"clustr": {"nodes": 2}}, "'clustr' was unexpected"),

@@ -36,8 +36,11 @@ def test_repo_config_is_valid():
 def test_empty_config_gets_every_default():
     cfg = check({})
     assert cfg["cluster"] == {"name": "sandbox", "partition": None, "network": "auto", "nodes": 2, "gpus_per_node": 0,
-                              "cpus_per_node": 2, "mem_mb_per_node": 6000, "time_min": 30}
+                              "cpus_per_node": 2, "mem_mb_per_node": 6000, "time_min": 30, "stage_time_min": {},
+                              "account": None, "qos": None, "constraint": None, "reservation": None,
+                              "exclusive": False, "gpu_type": None}
     assert cfg["env"]["prefix"] == ".venv" and cfg["env"]["flavor"] == "cpu" and cfg["env"]["build"] is True
+    assert cfg["env"]["modules"] == [] and cfg["env"]["setup"] == []
     assert cfg["ray"]["port_base"] == 12000 and cfg["ray"]["min_busbw_gbps"] is None
     assert cfg["parallel"] == {"tensor_parallel_size": "auto", "pipeline_parallel_size": "auto",
                                "split_logprob_tolerance": 0.05}
@@ -130,5 +133,7 @@ def test_reference_entry_needs_four_items():
 
 def test_validation_does_not_touch_a_valid_section():
     given = {"cluster": {"name": "lab", "partition": "gpu", "network": "ib0", "nodes": 4, "gpus_per_node": 8,
-                         "cpus_per_node": 64, "mem_mb_per_node": 500000, "time_min": 120}}
+                         "cpus_per_node": 64, "mem_mb_per_node": 500000, "time_min": 120,
+                         "stage_time_min": {"multinode": 240}, "account": "ml", "qos": "high",
+                         "constraint": "h100&ib", "reservation": "maint", "exclusive": True, "gpu_type": "h100"}}
     assert check(copy.deepcopy(given))["cluster"] == given["cluster"]

@@ -211,3 +211,10 @@ def test_gpu_tune_setting_refused_on_cpu(basedir):
     assert preflight.problems(cfg(tune={"space": {"kv_cache_dtype": ["fp8"]}}), basedir) == [
         "tune.space.kv_cache_dtype: a GPU setting, but cluster.gpus_per_node is 0"]
     assert preflight.problems(cfg(tune={"enabled": False, "space": {"kv_cache_dtype": ["fp8"]}}), basedir) == []
+
+
+def test_profile_slurm_extra_override_is_refused():
+    """A profile's set-resources slurm_extra would silently replace the rule's --exclude/--reservation."""
+    assert preflight.override_problems({"multinode": {"runtime": 120}}) == []
+    (found,) = preflight.override_problems({"multinode": {"runtime": 120}, "ray": {"slurm_extra": "'--qos=x'"}})
+    assert found.startswith("profile set-resources ray: slurm_extra would replace ladder's own")
