@@ -54,6 +54,9 @@ def veth(instance: int, node: str) -> str:
     return f"l{instance}-{node}"
 
 
+FAKE_GPU_TYPE = "sim"  # gres type of --fake-gpus (cluster.gpu_type: sim asks for it)
+
+
 @dataclass
 class Spec:
     nodes: int = 2
@@ -215,9 +218,11 @@ def write_configs(spec: Spec, state_dir: Path) -> Path:
     for i, node in enumerate(spec.node_names()):
         devs = gpu_devices(spec, state_dir, node, i) if (spec.fake_gpus or spec.real_gpus) else []
         gpus_per_node = len(devs)
+        # Fake GPUs are typed as a site's are (gpu:<type>:N); a request without a type still matches.
+        typed = f" Type={FAKE_GPU_TYPE}" if spec.fake_gpus else ""
         for dev in devs:
-            gres_lines.append(f"NodeName={node} Name=gpu File={dev}")
-    gres = f" Gres=gpu:{gpus_per_node}" if gpus_per_node else ""
+            gres_lines.append(f"NodeName={node} Name=gpu{typed} File={dev}")
+    gres = f" Gres=gpu:{FAKE_GPU_TYPE + ':' if spec.fake_gpus else ''}{gpus_per_node}" if gpus_per_node else ""
     prolog_line = ""
     if gpus_per_node:
         prolog = etc / "task_prolog.sh"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ladder.sandbox import Spec, gpu_devices, gpu_map, task_prolog
+from ladder.sandbox import Spec, gpu_devices, gpu_map, task_prolog, write_configs
 
 pytestmark = pytest.mark.unit
 
@@ -52,3 +52,10 @@ def test_fake_gpus_are_numbered_across_the_machine(tmp_path: Path) -> None:
     spec = Spec(nodes=2, fake_gpus=2)
     assert [Path(d).name for d in gpu_devices(spec, tmp_path, "n2", 1)] == ["nvidia2", "nvidia3"]
     assert gpu_map(spec, tmp_path) == {"n1": [0, 1], "n2": [2, 3]}
+
+
+def test_fake_gpus_are_typed_gres(tmp_path: Path) -> None:
+    conf = write_configs(Spec(nodes=2, fake_gpus=2, instance=9), tmp_path).read_text()
+    assert "NodeName=n1 NodeAddr=10.77.9.11 CPUs=2 RealMemory=8000 Gres=gpu:sim:2" in conf
+    gres = (tmp_path / "etc" / "gres.conf").read_text().splitlines()
+    assert f"NodeName=n2 Name=gpu Type=sim File={tmp_path}/dev/n2/nvidia3" in gres
