@@ -30,10 +30,15 @@ PARTITION_NODES = ",".join(sorted(PARTITION or {}))
 preflight.check_or_exit(config, Path(workflow.basedir), PARTITION,
                         workflow.resource_settings.overwrite_resources or {})
 
-# env.modules and env.setup run first in every job's shell (after Snakemake's strict mode).
-SETUP = ([f"module load {' '.join(config['env']['modules'])}"] if config["env"]["modules"] else []) + config["env"]["setup"]
+# env.setup, then env.modules, run first in every job's shell (after Snakemake's strict mode).
+# `module` is a shell function login shells define; a job's `bash -c` gets it from Lmod's init,
+# which (like `module` itself) reads unset variables.
+SETUP = config["env"]["setup"] + ([
+    "command -v module >/dev/null || { set +u; . /etc/profile.d/lmod.sh; set -u; }",
+    f"set +u; module load {' '.join(config['env']['modules'])}; set -u"] if config["env"]["modules"] else [])
 if SETUP:
-    shell.prefix("set -euo pipefail; " + "; ".join(SETUP) + "; ")
+    # Snakemake formats the prefix with each rule's wildcards: literal braces are doubled.
+    shell.prefix(("set -euo pipefail; " + "; ".join(SETUP) + "; ").replace("{", "{{").replace("}", "}}"))
 
 
 def env_fingerprint():

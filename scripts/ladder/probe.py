@@ -141,6 +141,7 @@ def probe_node(shared: Path) -> dict[str, Any]:
                  "total_gib": round(du.total / 2**30, 1)},
         "nics": nics(),
         "default_route": default_route(),
+        "modules": [m for m in os.environ.get("LOADEDMODULES", "").split(":") if m],  # env.modules, as loaded
         "gpus": gpus(),
         "slurm": slurm_view(os.environ.get("SLURMD_NODENAME", host)),
     }

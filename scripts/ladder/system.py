@@ -15,8 +15,9 @@ import sys
 PACKAGES = {
     # Slurm and munge for the sandbox cluster; namespaces and veths need iproute2 and util-linux.
     "sandbox": ["slurm-wlm", "munge", "iproute2", "util-linux"],
-    # The report test renders the HTML headless; the fault tests firewall a node's Ray ports.
-    "test": ["chromium", "nftables"],
+    # The report test renders the HTML headless; the fault tests firewall a node's Ray ports; the site
+    # test loads a module with Lmod, the module system a site's nodes have (env.modules).
+    "test": ["chromium", "nftables", "lmod"],
 }
 # Debian starts these on install; the sandbox runs its own.
 SERVICES = ("slurmctld", "slurmd", "munge")
@@ -25,7 +26,7 @@ SERVICES = ("slurmctld", "slurmd", "munge")
 # The command each package is needed for: present on PATH counts as installed (the GPU machine
 # unpacks carried debs with dpkg -x and has no apt source; gpu/stage.sh).
 COMMANDS = {"slurm-wlm": "slurmctld", "munge": "munged", "iproute2": "ip", "util-linux": "nsenter",
-            "chromium": "chromium", "nftables": "nft"}
+            "chromium": "chromium", "nftables": "nft", "lmod": "/usr/share/lmod/lmod/libexec/lmod"}
 
 
 def installed(package: str) -> bool:

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 pytestmark = pytest.mark.sandbox
 
@@ -116,7 +117,9 @@ def test_site_settings_reach_slurm_and_every_job(run_dag, sandbox):
     """cluster.account / exclusive / stage_time_min arrive in the sbatch of each stage job (as Slurm records
     them) and env.setup runs first in every job's shell."""
     site = {"cluster": {"nodes": 1, "account": "lab", "exclusive": True, "stage_time_min": {"probe": 7}},
-            "env": {"setup": ["echo ladder-site-setup on $(hostname)"]}}
+            "env": {"setup": ["echo ladder-site-setup on $(hostname)",
+                              f"export MODULEPATH={ROOT / 'tests' / 'data' / 'modulefiles'}"],
+                    "modules": ["ladder-site/1.0"]}}
     run = run_dag(PROBE, overrides=site, timeout=180)
     assert run.returncode == 0, run.stdout[-4000:]
     jobs = run.submitted()
@@ -126,6 +129,9 @@ def test_site_settings_reach_slurm_and_every_job(run_dag, sandbox):
         assert f"TimeLimit=00:{int(minutes):02d}:00" in job, job
         log = run.results / "logs" / "slurm" / f"rule_{rule}" / f"{jobs[rule]}.log"
         assert "ladder-site-setup on n1" in log.read_text(), log.read_text()[-2000:]
+    # Lmod loaded the module in the job, and the node task ran with it.
+    (node,) = json.loads((run.results / "probe" / "nodes.json").read_text())["nodes"]
+    assert node["modules"] == ["ladder-site/1.0"]
 
 
 @pytest.mark.parametrize(("overrides", "named"), [
