@@ -22,7 +22,7 @@ setup: $(VENV)/.lock-stamp
 
 # Debian packages, one list (ladder.system): the sandbox's for the demo, the sandbox's and the tests' for test.
 system: setup
-	$(PY) -m ladder.system sandbox
+	$(PY) -m ladder.system sandbox accounting
 
 sandbox: system
 	$(PY) -m ladder.sandbox up --nodes $(NODES)
@@ -38,7 +38,7 @@ report: setup
 # Second command: unit tests, then the sandbox integration tests (real Slurm, Ray, vLLM on CPU);
 # tests/gpu runs the GPU ladder where NVIDIA GPUs are present and is skipped (no GPU) elsewhere.
 test: setup
-	$(PY) -m ladder.system sandbox test
+	$(PY) -m ladder.system sandbox accounting test
 	$(PY) -m pytest --durations=30 tests
 
 unit: setup

@@ -52,7 +52,7 @@ PYTHONPATH=$REPO/scripts "$VENV/bin/python" -m ladder.tinymodel --out "$MODEL" -
 ladder_munge_dirs
 SB_STATE=/tmp/ladder/sandbox
 PYTHONPATH=$REPO/scripts "$VENV/bin/python" -m ladder.sandbox --state "$SB_STATE" up --nodes "${SB_NODES:-$NODES}" \
-  --real-gpus --cpus "${SB_CPUS:-12}" --mem-mb "${SB_MEM:-120000}" --timeout 90 || exit 4
+  --real-gpus --no-accounting --cpus "${SB_CPUS:-12}" --mem-mb "${SB_MEM:-120000}" --timeout 90 || exit 4
 export SLURM_CONF=$SB_STATE/etc/slurm.conf
 echo "  gres.conf: $(grep -v AutoDetect "$SB_STATE/etc/gres.conf" | sed 's/.*NodeName=//' | tr '\n' ';')"
 say "machine ready: venv, model $MODEL, sandbox $(sinfo -h -N -o '%N:%t:%G' | tr '\n' ' ')"

@@ -121,7 +121,7 @@ def mpi_launcher(wildcards, attempt):
     return "srun" if node_count(wildcards, attempt) > 1 else ""
 
 
-def stage_resources(stage, nodes=1, mpi=False, gpus=True, mem_mb=None, runtime=None):
+def stage_resources(stage, nodes=1, mpi=False, gpus=True, mem_mb=None):
     """Slurm resources for one stage job (the plugin turns them into sbatch flags)."""
     c = config["cluster"]
     multi = nodes > 1
@@ -130,7 +130,7 @@ def stage_resources(stage, nodes=1, mpi=False, gpus=True, mem_mb=None, runtime=N
         "tasks": node_count if multi else nodes,
         "cpus_per_task": c["cpus_per_node"],
         "mem_mb": mem_mb or c["mem_mb_per_node"],
-        "runtime": c["stage_time_min"].get(stage) or runtime or c["time_min"],
+        "runtime": preflight.stage_minutes(config, stage),
         "slurm_extra": slurm_extra,
     }
     # The plugin's own resources for the site's keys: a profile cannot drop them by accident.

@@ -21,7 +21,7 @@ rule tune:
         "results/benchmarks/tune.tsv"
     retries: FAULTS["retries"]
     resources:
-        **stage_resources("tune", nodes=1, runtime=max(config["cluster"]["time_min"], int(config["tune"]["budget_s"] / 60) + 15)),
+        **stage_resources("tune", nodes=1),
     shell:
         "{params.py} -m ladder.tune --gate {input.gate} --results {params.results}"
         " --config {input.config} --cache {params.cache} --out-dir {params.out_dir}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import ipaddress
 import json
 import shutil
@@ -55,6 +56,80 @@ def capacity_problems(cluster: dict[str, Any], nodes: dict[str, int]) -> list[st
     return []
 
 
+STAGES = ("env", "probe", "ray", "single", "tune", "multinode")
+
+
+def stage_minutes(config: dict[str, Any], stage: str) -> int:
+    """Slurm time limit of a stage's job: cluster.stage_time_min, else time_min (tune: at least its
+    budget plus 15 minutes)."""
+    c = config["cluster"]
+    if stage in c["stage_time_min"]:
+        return c["stage_time_min"][stage]
+    if stage == "tune":
+        return max(c["time_min"], int(config["tune"]["budget_s"] / 60) + 15)
+    return c["time_min"]
+
+
+def minutes(wall: str) -> int:
+    """Slurm's [days-]hours:minutes:seconds (or minutes:seconds) in whole minutes, rounded down."""
+    days, _, clock = wall.rpartition("-")
+    parts = [int(x) for x in clock.split(":")]
+    h, m, sec = ([0] * (3 - len(parts)) + parts) if len(parts) > 1 else (0, parts[0], 0)
+    return int(days or 0) * 1440 + h * 60 + m + sec // 60
+
+
+def sacctmgr(*args: str) -> str | None:
+    try:
+        res = subprocess.run(["sacctmgr", "-n", "-P", *args], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout if res.returncode == 0 else None
+
+
+def slurm_accounting() -> dict[str, Any] | None:
+    """This user's associations (account -> QoS allowed), default account and every QoS's MaxWall
+    (minutes), from sacctmgr; None where Slurm keeps no accounting (or it does not answer)."""
+    if not shutil.which("sacctmgr"):
+        return None
+    user = getpass.getuser()
+    assoc, qos, default = (sacctmgr("show", "assoc", "where", f"user={user}", "format=account,qos"),
+                           sacctmgr("show", "qos", "format=name,maxwall"),
+                           sacctmgr("show", "user", user, "format=defaultaccount"))
+    if assoc is None or qos is None:
+        return None
+    accounts: dict[str, set[str]] = {}
+    for line in assoc.splitlines():
+        account, _, allowed = line.partition("|")
+        accounts.setdefault(account, set()).update(q for q in allowed.split(",") if q)
+    walls = dict(line.split("|", 1) for line in qos.splitlines() if "|" in line)
+    return {"user": user, "accounts": accounts, "default_account": (default or "").strip(),
+            "max_wall": {name: minutes(w) if w else None for name, w in walls.items()}}
+
+
+def accounting_problems(config: dict[str, Any], acct: dict[str, Any]) -> list[str]:
+    """An account or QoS Slurm does not know or does not allow, a stage's time above its QoS's MaxWall:
+    Slurm refuses the first at submission and keeps the others pending for ever."""
+    c, out = config["cluster"], []
+    account = c["account"] or acct["default_account"]
+    if c["account"] and c["account"] not in acct["accounts"]:
+        return [f"cluster.account={c['account']}: user {acct['user']} has no association with it in Slurm "
+                f"(accounts: {', '.join(sorted(acct['accounts'])) or 'none'})"]
+    if not c["qos"]:
+        return []
+    if c["qos"] not in acct["max_wall"]:
+        return [f"cluster.qos={c['qos']}: Slurm knows no such QoS ({', '.join(sorted(acct['max_wall']))})"]
+    allowed = acct["accounts"].get(account, set())
+    if c["qos"] not in allowed:
+        out.append(f"cluster.qos={c['qos']}: not allowed for account {account} "
+                   f"(allowed: {', '.join(sorted(allowed)) or 'none'})")
+    wall = acct["max_wall"][c["qos"]]
+    asked = {st: stage_minutes(config, st) for st in STAGES if st != "tune" or config["tune"]["enabled"]}
+    over = [f"{st} {m} min" for st, m in asked.items() if wall is not None and m > wall]
+    if over:
+        out.append(f"cluster.time_min/stage_time_min: above QoS {c['qos']}'s MaxWall of {wall} min: {', '.join(over)}")
+    return out
+
+
 def ephemeral_ports(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> tuple[int, int] | None:
     """Linux's range for outgoing connections' local ports: a port in it may be taken at any moment."""
     try:
@@ -77,10 +152,11 @@ def port_problems(ray: dict[str, Any], ephemeral: tuple[int, int] | None) -> lis
     return []
 
 
-def problems(config: dict[str, Any], basedir: Path, partition: dict[str, int] | None = None) -> list[str]:
+def problems(config: dict[str, Any], basedir: Path, partition: dict[str, int] | None = None,
+             accounting: dict[str, Any] | None = None) -> list[str]:
     """Everything wrong with the config, each naming its key; `partition`: GPUs per node of the
-    partition (partition_gpus), None when unknown."""
-    out = []
+    partition (partition_gpus), `accounting`: Slurm's associations (slurm_accounting); None when unknown."""
+    out = accounting_problems(config, accounting) if accounting else []
     model = config["model"]
     if model["name"] != "tiny" or model.get("path"):
         if not model.get("path"):
@@ -139,7 +215,8 @@ def override_problems(overrides: dict[str, dict[str, Any]]) -> list[str]:
 
 def check_or_exit(config: dict[str, Any], basedir: Path, partition: dict[str, int] | None = None,
                   overrides: dict[str, dict[str, Any]] | None = None) -> None:
-    found = problems(config, basedir, partition) + override_problems(overrides or {})
+    found = problems(config, basedir, partition, slurm_accounting() if partition is not None else None)
+    found += override_problems(overrides or {})
     if found:
         print("ladder: configuration rejected before submission:\n  " + "\n  ".join(found), file=sys.stderr)
         raise SystemExit(2)

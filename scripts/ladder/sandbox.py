@@ -68,6 +68,7 @@ class Spec:
     subnet: str = ""  # management /24 (eth0, Slurm, default route), default 10.77.<instance>; bridge .1, node i .(10+i)
     shm_mb: int = 4096
     fabric: str = ""  # fast-fabric /24 (ib0), default 10.78.<instance>, numbered like the management one
+    accounting: bool = True  # slurmdbd on a MariaDB of its own, associations, limits and QoS enforced
 
     def __post_init__(self) -> None:
         self.subnet = self.subnet or f"10.77.{self.instance}"
@@ -81,6 +82,10 @@ class Spec:
 
     def fabric_ip(self, i: int) -> str:
         return f"{self.fabric}.{10 + i}"
+
+    def port(self, offset: int) -> int:
+        """Host ports of this instance: slurmctld +0, MariaDB +5, slurmdbd +6."""
+        return 6817 + 10 * self.instance + offset
 
 
 @dataclass
@@ -236,7 +241,7 @@ def write_configs(spec: Spec, state_dir: Path) -> Path:
     conf = f"""# written by ladder.sandbox; do not edit (re-run `up` with other options)
 ClusterName=ladder
 SlurmctldHost={host}({spec.subnet}.1)
-SlurmctldPort={6817 + 10 * spec.instance}
+SlurmctldPort={spec.port(0)}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -260,7 +265,7 @@ GresTypes=gpu
 MpiDefault=none
 SchedulerParameters=bf_interval=5
 SlurmdTimeout=30
-{prolog_line}{nodes}
+{accounting_lines(spec)}{prolog_line}{nodes}
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
     (etc / "slurm.conf").write_text(conf)
@@ -270,6 +275,83 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     # systemd over dbus and slurmd refuses to start without it; cgroup/v1 only loads.
     (etc / "cgroup.conf").write_text("# written by ladder.sandbox\nCgroupPlugin=cgroup/v1\n")
     return etc / "slurm.conf"
+
+
+# ---------------------------------------------------------------- accounting
+# A site's accounting: slurmdbd on MariaDB, jobs charged to account ACCOUNT (root's default), a job
+# with an account Slurm does not know refused at submission, QoS QOS with a wall-time limit.
+ACCOUNT, QOS, QOS_MAX_WALL = "lab", "short", "00:05:00"
+DB_PASS = "ladder-sandbox"  # MariaDB listens on the bridge address only, for this sandbox's slurmdbd
+
+
+def accounting_lines(spec: Spec) -> str:
+    if not spec.accounting:
+        return ""
+    return (f"AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost={spec.subnet}.1\n"
+            f"AccountingStoragePort={spec.port(6)}\nAccountingStorageEnforce=associations,limits,qos\n"
+            "JobAcctGatherType=jobacct_gather/none\n")
+
+
+def start_accounting(spec: Spec, state_dir: Path, env: dict[str, str], state: State, timeout: float) -> None:
+    """MariaDB (own data dir, socket and port), then slurmdbd; slurmctld registers the cluster."""
+    db = state_dir / "mysql"
+    cnf = db / "my.cnf"
+    db.mkdir(parents=True, exist_ok=True)
+    cnf.write_text(f"""[mysqld]
+user=root
+datadir={db}/data
+socket={db}/mysqld.sock
+port={spec.port(5)}
+bind-address={spec.subnet}.1
+pid-file={db}/mysqld.pid
+log-error={state_dir}/log/mariadb.log
+skip-name-resolve
+innodb_buffer_pool_size=256M
+innodb_lock_wait_timeout=900
+[client]
+socket={db}/mysqld.sock
+""")
+    if not (db / "data" / "mysql").is_dir():
+        sh("mariadb-install-db", f"--defaults-file={cnf}", "--user=root", "--auth-root-authentication-method=socket")
+    state.pids["mariadbd"] = spawn(["mariadbd", f"--defaults-file={cnf}"], state_dir / "log" / "mariadbd.out", env)
+    sql = ["mariadb", f"--defaults-file={cnf}", "-u", "root"]
+    wait_for("mariadbd", lambda: subprocess.run([*sql, "-e", "select 1"], capture_output=True).returncode == 0,
+             timeout, state_dir / "log" / "mariadb.log")
+    grants = "".join(f"CREATE USER IF NOT EXISTS 'slurm'@'{h}' IDENTIFIED BY '{DB_PASS}'; GRANT ALL ON "
+                     f"slurm_acct_db.* TO 'slurm'@'{h}'; " for h in (f"{spec.subnet}.1", "localhost"))
+    subprocess.run([*sql, "-e", grants], check=True, capture_output=True)
+    dbd_conf = state_dir / "etc" / "slurmdbd.conf"  # slurmdbd reads it beside $SLURM_CONF; root, mode 600
+    dbd_conf.write_text(f"""# written by ladder.sandbox
+AuthType=auth/munge
+DbdHost=localhost
+DbdAddr={spec.subnet}.1
+DbdPort={spec.port(6)}
+SlurmUser=root
+PidFile={state_dir}/run/slurmdbd.pid
+LogFile={state_dir}/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost={spec.subnet}.1
+StoragePort={spec.port(5)}
+StorageUser=slurm
+StoragePass={DB_PASS}
+StorageLoc=slurm_acct_db
+""")
+    dbd_conf.chmod(0o600)
+    state.pids["slurmdbd"] = spawn(["slurmdbd", "-D"], state_dir / "log" / "slurmdbd.out", env)
+    wait_for("slurmdbd", lambda: subprocess.run(["sacctmgr", "-n", "show", "cluster"], env=env,
+                                                capture_output=True).returncode == 0,
+             timeout, state_dir / "log" / "slurmdbd.log")
+
+
+def add_associations(env: dict[str, str]) -> None:
+    """Account, root's association with it as default, and the QoS; idempotent (sacctmgr -i)."""
+    for cmd in (["add", "qos", QOS, f"MaxWall={QOS_MAX_WALL}"],
+                ["add", "account", ACCOUNT, f"Description={ACCOUNT}", f"Organization={ACCOUNT}"],
+                ["add", "user", "root", f"Account={ACCOUNT}", f"DefaultAccount={ACCOUNT}"],
+                ["modify", "user", "root", "where", f"account={ACCOUNT}", "set", f"qos+={QOS}"]):
+        res = subprocess.run(["sacctmgr", "-i", *cmd], env=env, capture_output=True, text=True)
+        if res.returncode != 0 and not any(m in res.stdout + res.stderr for m in ("already exists", "Nothing new")):
+            raise SandboxError(f"sacctmgr {' '.join(cmd)} failed: {res.stdout.strip()} {res.stderr.strip()}")
 
 
 # ---------------------------------------------------------------- network
@@ -376,7 +458,7 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
             return old
     if old or our_namespaces(spec.instance):
         down(state_dir, spec.instance, quiet=True)
-    system.ensure("sandbox")
+    system.ensure("sandbox", *(["accounting"] if spec.accounting else []))
     state_dir.mkdir(parents=True, exist_ok=True)
     conf = write_configs(spec, state_dir)
     env = slurm_env(state_dir)
@@ -386,6 +468,9 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
         state.pids["munged"] = munge_pid
     net_up(spec)
     save_state(state_dir, state)
+    if spec.accounting:  # before slurmctld: with an empty state dir it must reach slurmdbd to start
+        start_accounting(spec, state_dir, env, state, timeout)
+        save_state(state_dir, state)
     ctld_log = state_dir / "log" / "slurmctld.log"
     # -c: forget jobs and node states of an earlier sandbox (a job still "running" after a
     # kill -9 would hold its nodes in state mix forever); -i: ignore unreadable state files.
@@ -394,6 +479,8 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
     save_state(state_dir, state)
     wait_for("slurmctld", lambda: subprocess.run(["scontrol", "ping"], env=env, capture_output=True,
                                                  text=True).stdout.count("UP") > 0, timeout, ctld_log)
+    if spec.accounting:
+        add_associations(env)
     Path("/etc/slurm").mkdir(exist_ok=True)
     for node in spec.node_names():
         (state_dir / "spool" / node).mkdir(parents=True, exist_ok=True)
@@ -445,7 +532,8 @@ def down(state_dir: Path, instance: int = 0, quiet: bool = False) -> None:
     state = load_state(state_dir)
     if state:
         instance = state.spec.instance
-    expected = {"slurmctld": "slurmctld", "munged": "munged", "slurmd": "slurmd"}
+    expected = {"slurmctld": "slurmctld", "munged": "munged", "slurmd": "slurmd", "mariadbd": "mariadbd",
+                "slurmdbd": "slurmdbd"}
     ours = []
     if state:
         others = [ns for ns in (Path("/run/netns").glob("ladder*-*")) if not ns.name.startswith(ns_prefix(instance))]
@@ -493,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--cpus", type=int, default=2, help="CPUs each node offers to Slurm")
     u.add_argument("--mem-mb", type=int, default=8000, help="memory each node offers to Slurm (MB)")
     u.add_argument("--fake-gpus", type=int, default=0, help="fake GPU gres per node (scheduling tests)")
+    u.add_argument("--no-accounting", dest="accounting", action="store_false",
+                   help="no slurmdbd/MariaDB (machines without them, e.g. the GPU bundle)")
     u.add_argument("--real-gpus", action="store_true", help="split this machine's /dev/nvidiaN over the nodes")
     u.add_argument("--subnet", default="", help="first three octets of the private /24 (default 10.77.<instance>)")
     u.add_argument("--timeout", type=float, default=60, help="seconds to wait for every node to be idle")
@@ -507,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.fake_gpus and a.real_gpus:
             ap.error("--fake-gpus and --real-gpus exclude each other")
         spec = Spec(nodes=a.nodes, cpus=a.cpus, mem_mb=a.mem_mb, fake_gpus=a.fake_gpus,
-                    real_gpus=a.real_gpus, subnet=a.subnet, instance=a.instance)
+                    real_gpus=a.real_gpus, subnet=a.subnet, instance=a.instance, accounting=a.accounting)
         try:
             up(spec, a.state, a.timeout)
         except SandboxError as err:

@@ -15,18 +15,21 @@ import sys
 PACKAGES = {
     # Slurm and munge for the sandbox cluster; namespaces and veths need iproute2 and util-linux.
     "sandbox": ["slurm-wlm", "munge", "iproute2", "util-linux"],
+    # The sandbox's accounting: slurmdbd on a MariaDB server of its own (ladder.sandbox --no-accounting: none).
+    "accounting": ["slurmdbd", "mariadb-server"],
     # The report test renders the HTML headless; the fault tests firewall a node's Ray ports; the site
     # test loads a module with Lmod, the module system a site's nodes have (env.modules).
     "test": ["chromium", "nftables", "lmod"],
 }
 # Debian starts these on install; the sandbox runs its own.
-SERVICES = ("slurmctld", "slurmd", "munge")
+SERVICES = ("slurmctld", "slurmd", "munge", "slurmdbd", "mariadb")
 
 
 # The command each package is needed for: present on PATH counts as installed (the GPU machine
 # unpacks carried debs with dpkg -x and has no apt source; gpu/stage.sh).
 COMMANDS = {"slurm-wlm": "slurmctld", "munge": "munged", "iproute2": "ip", "util-linux": "nsenter",
-            "chromium": "chromium", "nftables": "nft", "lmod": "/usr/share/lmod/lmod/libexec/lmod"}
+            "chromium": "chromium", "nftables": "nft", "lmod": "/usr/share/lmod/lmod/libexec/lmod",
+            "slurmdbd": "slurmdbd", "mariadb-server": "mariadbd"}
 
 
 def installed(package: str) -> bool:

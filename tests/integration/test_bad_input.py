@@ -57,7 +57,11 @@ def test_malformed_yaml_names_the_file(sandbox, tmp_path):
     ({"cluster": {"nodes": 5}}, "cluster.nodes=5: the default partition has 3 node(s) (n1, n2, n3)"),
     ({"ray": {"port_base": 20000}}, "ray.port_base/ray.port_range: ports 20000-39999 overlap"),
     ({"model": {"max_model_len": 2048}}, "model.max_model_len=2048: the model's max_position_embeddings is 512"),
-], ids=["more-nodes-than-the-partition", "ports-in-the-ephemeral-range", "context-beyond-the-model"])
+    ({"cluster": {"account": "nosuch"}}, "cluster.account=nosuch: user root has no association with it in Slurm"),
+    ({"cluster": {"qos": "gold"}}, "cluster.qos=gold: Slurm knows no such QoS"),
+    ({"cluster": {"qos": "short"}}, "cluster.time_min/stage_time_min: above QoS short's MaxWall of 5 min: env 30 min"),
+], ids=["more-nodes-than-the-partition", "ports-in-the-ephemeral-range", "context-beyond-the-model",
+        "unknown-account", "unknown-qos", "time-above-the-qos-limit"])
 def test_config_the_cluster_cannot_run_is_refused(run_dag, sandbox, overrides, named):
     before = sandbox.job_ids()
     run = run_dag("all", overrides=overrides, timeout=60)
@@ -68,14 +72,14 @@ def test_config_the_cluster_cannot_run_is_refused(run_dag, sandbox, overrides, n
 ONE_RULE = """
 rule stuck:
     output: "stuck.txt"
-    resources: nodes={nodes}, tasks={nodes}, cpus_per_task=1, mem_mb=100, runtime=5, slurm_extra="{extra}"
+    resources: nodes={nodes}, tasks={nodes}, cpus_per_task=1, mem_mb=100, runtime={minutes}, slurm_extra="{extra}"{more}
     shell: "hostname > {{output}}"
 """
 
 
-def run_one_rule(sandbox, tmp_path, nodes: int, extra: str, patience_min: float):
+def run_one_rule(sandbox, tmp_path, nodes: int, extra: str, patience_min: float, minutes: int = 5, more: str = ""):
     """One job through profiles/sandbox's executor (the preflight is ladder's Snakefile's: not here)."""
-    (tmp_path / "Snakefile").write_text(ONE_RULE.format(nodes=nodes, extra=extra))
+    (tmp_path / "Snakefile").write_text(ONE_RULE.format(nodes=nodes, extra=extra, minutes=minutes, more=more))
     try:
         res = subprocess.run([str(BIN / "snakemake"), "stuck.txt", "-s", str(tmp_path / "Snakefile"), "--directory",
                               str(tmp_path), "--profile", str(ROOT / "profiles" / "sandbox"),
@@ -106,3 +110,18 @@ def test_job_waiting_on_a_drained_node_is_reported_then_cancelled(sandbox, tmp_p
     assert "is pending: ReqNodeNotAvail, UnavailableNodes:n3" in out, out[-3000:]
     assert "(faults.pending_patience_min) for unavailable nodes: ReqNodeNotAvail" in out, out[-3000:]
     assert "stuck" not in sandbox.running_jobs()
+
+
+def test_job_above_its_qos_wall_time_is_cancelled_with_its_reason(sandbox, tmp_path):
+    """The sandbox's QoS 'short' allows 5 minutes: a 10-minute job under it pends for ever."""
+    rc, out = run_one_rule(sandbox, tmp_path, 1, "", 30, minutes=10, more=', qos="short"')
+    assert rc != 0 and "can never start: QOSMaxWallDurationPerJobLimit; cancelled" in out, out[-3000:]
+
+
+def test_slurm_itself_refuses_an_unknown_account_and_accounts_every_job(sandbox, tmp_path):
+    """Accounting as a site has it: associations enforced by slurmctld, finished jobs in sacct."""
+    res = subprocess.run(["sbatch", "-A", "nosuch", "--wrap", "true"], env=sandbox.env(), capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert res.returncode != 0 and "Invalid account" in res.stderr, res.stderr
+    jid = sandbox.slurm("sbatch", "--parsable", "--wait", "-o", str(tmp_path / "out"), "--wrap", "true").strip()
+    assert sandbox.slurm("sacct", "-n", "-X", "-P", "-j", jid, "-o", "account,state").split() == ["lab|COMPLETED"]

@@ -218,3 +218,31 @@ def test_profile_slurm_extra_override_is_refused():
     assert preflight.override_problems({"multinode": {"runtime": 120}}) == []
     (found,) = preflight.override_problems({"multinode": {"runtime": 120}, "ray": {"slurm_extra": "'--qos=x'"}})
     assert found.startswith("profile set-resources ray: slurm_extra would replace ladder's own")
+
+
+@pytest.mark.parametrize(("wall", "expected"), [("00:05:00", 5), ("1-00:00:00", 1440), ("30:00", 30),
+                                                ("2-12:30:59", 3630), ("90", 90)])
+def test_slurm_wall_times_in_minutes(wall, expected):
+    assert preflight.minutes(wall) == expected
+
+
+ACCT = {"user": "root", "accounts": {"lab": {"normal", "short"}, "root": {"normal"}}, "default_account": "lab",
+        "max_wall": {"normal": None, "short": 5, "long": 2880}}
+
+
+@pytest.mark.parametrize(("cluster", "expected"), [
+    ({}, []),
+    ({"account": "lab", "qos": "normal"}, []),
+    ({"account": "nosuch"},
+     ["cluster.account=nosuch: user root has no association with it in Slurm (accounts: lab, root)"]),
+    ({"qos": "gold"}, ["cluster.qos=gold: Slurm knows no such QoS (long, normal, short)"]),
+    ({"qos": "long"}, ["cluster.qos=long: not allowed for account lab (allowed: normal, short)"]),
+    ({"account": "root", "qos": "short", "time_min": 5, "stage_time_min": {"tune": 5}},
+     ["cluster.qos=short: not allowed for account root (allowed: normal)"]),
+    ({"qos": "short"}, ["cluster.time_min/stage_time_min: above QoS short's MaxWall of 5 min: env 30 min, "
+                        "probe 30 min, ray 30 min, single 30 min, tune 45 min, multinode 30 min"]),
+    ({"qos": "short", "time_min": 5, "stage_time_min": {"multinode": 20}},
+     ["cluster.time_min/stage_time_min: above QoS short's MaxWall of 5 min: tune 45 min, multinode 20 min"]),
+])
+def test_account_and_qos_checked_against_slurms_associations(cluster, expected):
+    assert preflight.accounting_problems(cfg(cluster=cluster), ACCT) == expected
