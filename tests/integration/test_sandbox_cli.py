@@ -78,7 +78,7 @@ def test_up_status_down(spare_sandbox):
     sb = spare_sandbox
     up(sb)
     pids = state(sb)["pids"]
-    assert {f"slurmd:n{i}" for i in range(1, sb.nodes + 1)} | {"slurmctld"} <= pids.keys()
+    assert {f"slurmd:n{i}" for i in range(1, sb.nodes + 1)} | {"slurmctld", "slurmdbd", "mariadbd"} <= pids.keys()
     assert sb.cli("status").returncode == 0
     # Real Slurm: one task per node, each in its own namespace.
     out = sb.slurm("srun", "-N", str(sb.nodes), "--ntasks-per-node=1", "-t", "1", "sh", "-c",
@@ -87,7 +87,7 @@ def test_up_status_down(spare_sandbox):
     # Idempotent: a second up keeps the running daemons.
     up(sb)
     assert state(sb)["pids"] == pids
-    daemons = {p for p, cmd in processes_of(sb).items() if cmd.startswith(("slurmctld", "slurmd"))}
+    daemons = {p for p, cmd in processes_of(sb).items() if cmd.startswith(("slurmctld", "slurmd", "mariadbd"))}
     assert set(pids.values()) - {pids.get("munged")} <= daemons
     down_and_check(sb)
     assert sb.cli("status").returncode == 1
