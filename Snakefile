@@ -31,6 +31,7 @@ include: "rules/single.smk"
 include: "rules/tune.smk"
 include: "rules/multinode.smk"
 include: "rules/report.smk"
+include: "rules/deploy.smk"
 
 
 rule all:

@@ -4,12 +4,14 @@
 3 nodes once per session and takes it down at the end unless LADDER_KEEP_SANDBOX=1.
 ``run_dag`` runs ``snakemake --profile profiles/sandbox`` in an isolated work directory
 with a config written from config/config.yaml with per-test overrides merged in (recursively).
+``two_node_run`` (session) is the whole ladder on 2 nodes that the ladder and deploy tests share.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,6 +29,11 @@ from snakemake.utils import update_config
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SANDBOX_NODES = 3  # both 2- and 3-node stages fit
+# The session's ladder run (two_node_run): its key, and 2 nodes with the default bench (closed and
+# open loop, 3 repetitions), the tune stage (a small search: 2 rates, 20 requests a run), a 90 s soak.
+API_KEY = "ladder-test-" + secrets.token_hex(12)
+TWO = {"cluster": {"nodes": 2}, "bench": {"soak_s": 90},
+       "tune": {"rates": [8, 16], "extend_rates": 0, "num_prompts": 20, "warmup_prompts": 2}}
 
 
 def repo_config() -> dict[str, Any]:
@@ -189,6 +196,19 @@ def run_dag(sandbox: Sandbox, tmp_path: Path) -> RunDag:
         return run_snakemake(sandbox, *targets, workdir=workdir or tmp_path / "work", **kw)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ladder_workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ladder")
+
+
+@pytest.fixture(scope="session")
+def two_node_run(sandbox, ladder_workdir) -> DagRun:
+    """The whole ladder on 2 nodes, once per session: the ladder tests read it, deploy starts from it
+    (env, probe and ray stay cached for the tests that use the work dir)."""
+    return run_snakemake(sandbox, "all", overrides=TWO, workdir=ladder_workdir, timeout=2400,
+                         env={"LADDER_API_KEY": API_KEY})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

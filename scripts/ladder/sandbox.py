@@ -482,13 +482,22 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
     if spec.accounting:
         add_associations(env)
     Path("/etc/slurm").mkdir(exist_ok=True)
+    # A site's name service for the nodes: every node's name resolves (Gloo, Ray and vLLM look up their
+    # own host name), and with no nameserver a lookup of anything else fails at once instead of
+    # timing out against the host's resolver, which a node cannot reach (10-20 s a lookup).
+    names = state_dir / "names"
+    names.mkdir(exist_ok=True)
+    (names / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n" + "".join(
+        f"{spec.node_ip(i)} {node}\n" for i, node in enumerate(spec.node_names(), start=1)))
+    (names / "resolv.conf").write_text("# sandbox node: names come from /etc/hosts only\n")
     for node in spec.node_names():
         (state_dir / "spool" / node).mkdir(parents=True, exist_ok=True)
         # Inside the node's own mount namespace: a private /dev/shm (separate hosts do not
         # share one) and our config at Slurm's default path, because the Snakemake
         # jobstep plugin strips SLURM_CONF before its nested srun.
         inner = (f"hostname {node} && mount -t tmpfs -o size={spec.shm_mb}m,mode=1777 ladder-shm /dev/shm"
-                 f" && mount --bind {conf.parent} /etc/slurm && exec slurmd -D -N {node}")
+                 f" && mount --bind {conf.parent} /etc/slurm && mount --bind {names}/hosts /etc/hosts"
+                 f" && mount --bind {names}/resolv.conf /etc/resolv.conf && exec slurmd -D -N {node}")
         cmd = ["nsenter", f"--net=/run/netns/{ns_prefix(spec.instance)}{node}", "unshare", "--uts", "--mount",
                "--propagation", "private", "sh", "-c", inner]
         state.pids[f"slurmd:{node}"] = spawn(cmd, state_dir / "log" / f"slurmd-{node}.out", env)

@@ -21,13 +21,16 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "tune": ("cluster", "env", "ray", "model", "serve", "bench", "tune"),
     "multinode": ("cluster", "env", "ray", "model", "parallel", "serve", "bench", "references", "monitor",
                   "faults", "tune"),
+    "deploy": ("cluster", "env", "ray", "model", "serve", "tune", "deploy"),
 }
-# Stages not listed (the report) show the whole validated config, so depend on all of it.
+# Stages not listed (the report) show the whole validated config, so depend on all of it but the
+# sections of the targets that come after `all`.
+AFTER_ALL = ("deploy",)
 
 
 def picked(stage: str, config: dict[str, Any]) -> dict[str, Any]:
     """The sections of ``config`` the stage reads (all of them for an unlisted stage)."""
-    return {k: config[k] for k in SECTIONS.get(stage, tuple(config))}
+    return {k: config[k] for k in SECTIONS.get(stage, tuple(k for k in config if k not in AFTER_ALL))}
 
 
 def config_hash(stage: str, config: dict[str, Any]) -> str:

@@ -73,7 +73,11 @@ def cpu_env(cache: Path) -> dict[str, str]:
     return {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
             "VLLM_CACHE_ROOT": str(cache / "vllm"), "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"),
             "HF_HOME": str(cache / "hf"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+            "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+            # vLLM 0.32 with torch 2.13 on CPU cannot load its own AOT compile artefacts ("'function' object
+            # has no attribute 'finalize_loading'") and compiles again at every start (+15-60 s); the
+            # Dynamo path reuses the shared cache.
+            "VLLM_USE_AOT_COMPILE": "0"}
 
 
 @dataclass

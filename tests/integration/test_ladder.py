@@ -11,37 +11,24 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import API_KEY, TWO
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 
 STAGES = ["env", "probe", "ray", "single", "multinode"]
-API_KEY = "ladder-test-" + secrets.token_hex(12)
-# 2 nodes: the default bench (closed and open loop, 3 repetitions), the tune stage (a small search:
-# 2 rates, 20 requests a run) and a 90 s soak; 3 nodes (and the failover from 3 to 2) without the
-# tune and the soak, one repetition of the closed-loop levels.
-TWO = {"cluster": {"nodes": 2}, "bench": {"soak_s": 90},
-       "tune": {"rates": [8, 16], "extend_rates": 0, "num_prompts": 20, "warmup_prompts": 2}}
+# 3 nodes (and the failover from 3 to 2) without the tune and the soak, one repetition of the
+# closed-loop levels; the 2-node run is the session's (conftest.two_node_run).
 THREE = {"cluster": {"nodes": 3}, "bench": {"rates": [], "repetitions": 1}, "tune": {"enabled": False}}
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ladder")
-
-
-@pytest.fixture(scope="module")
-def two_node_run(sandbox, workdir):
-    """The whole ladder on 2 nodes (env, probe and ray stay cached for the tests that use the work dir)."""
-    from conftest import run_snakemake
-
-    return run_snakemake(sandbox, "all", overrides=TWO, workdir=workdir, timeout=2400,
-                         env={"LADDER_API_KEY": API_KEY})
+def workdir(ladder_workdir) -> Path:
+    return ladder_workdir
 
 
 @pytest.fixture(scope="module")

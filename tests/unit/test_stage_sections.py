@@ -23,7 +23,7 @@ PKG = ROOT / "scripts" / "ladder"
 SCHEMA_SECTIONS = set(yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())["properties"])
 CONFIG_NAMES = {"cfg", "config"}
 MODULES = {"env": "envcheck", "probe": "probe", "ray": "raystage", "single": "singlestage", "tune": "tune",
-           "multinode": "multistage"}
+           "multinode": "multistage", "deploy": "deploy"}
 
 
 def tree(module: str) -> ast.Module:
@@ -94,4 +94,7 @@ def test_hash_and_picked_follow_only_the_stage_sections():
     assert config_hash("ray", cfg) == config_hash("ray", other)  # bench is not the ray stage's
     assert config_hash("single", cfg) != config_hash("single", other)
     assert set(picked("ray", cfg)) == set(SECTIONS["ray"])
-    assert picked("report", cfg) == cfg and config_hash("report", cfg) != config_hash("report", other)
+    assert config_hash("report", cfg) != config_hash("report", other)
+    # the report reads every section but those of the targets after `all` (deploy)
+    assert picked("report", cfg) == {k: v for k, v in cfg.items() if k != "deploy"}
+    assert config_hash("report", cfg) == config_hash("report", cfg | {"deploy": {"x": 2}})

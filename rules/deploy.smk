@@ -1,0 +1,50 @@
+# After `all`: what the ladder validated, as a long-running service (ladder.deploy). Local rules:
+# the router and the controller live on the submit host; the replicas are Slurm jobs they submit.
+DEPLOY = f"{PY} -m ladder.deploy --results results"
+
+
+rule deploy:
+    """Replicas of the validated layout behind vllm-router, a watchdog and a scaler; returns once all serve."""
+    input:
+        gate=rules.multinode.output.verdict,
+        config=stage_config("deploy"),
+        tuned=TUNED_GATE,
+    output:
+        endpoint="results/deploy/endpoint.json",
+    params:
+        deploy=DEPLOY,
+        cache=CACHE,
+    log:
+        "results/logs/deploy/deploy.log",
+    localrule: True
+    shell:
+        "{params.deploy} start --config {input.config} --cache {params.cache} --out {output.endpoint}"
+        " > {log} 2>&1"
+
+
+rule deploy_status:
+    """Per-replica health, load and queue of the running deployment (JSON on stdout)."""
+    params:
+        deploy=DEPLOY,
+    localrule: True
+    shell:
+        "{params.deploy} status"
+
+
+rule deploy_scale:
+    """Scale the running deployment to deploy.replicas (e.g. --config 'deploy={{replicas: 3}}')."""
+    params:
+        deploy=DEPLOY,
+        replicas=config["deploy"]["replicas"],
+    localrule: True
+    shell:
+        "{params.deploy} scale {params.replicas}"
+
+
+rule deploy_stop:
+    """Drain and cancel every replica, stop the router and the controller."""
+    params:
+        deploy=DEPLOY,
+    localrule: True
+    shell:
+        "{params.deploy} stop"

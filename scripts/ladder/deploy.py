@@ -1,0 +1,590 @@
+"""Target deploy: what the ladder validated, kept running as a service.
+
+`start` (rule deploy) starts vllm-router on the submit host and a controller beside it. The
+controller submits `deploy.replicas` Slurm jobs, each serving the single stage's validated layout
+(TP = the node's GPUs) on a node of its own; registers a replica with the router once it is
+healthy; takes it out within seconds when its job ends or its /health stops answering (watchdog)
+and, with deploy.restart, starts a replacement on the nodes that remain; and moves the replica
+count between deploy.min_replicas and max_replicas by queue depth (scaler). `start` returns once
+every replica is registered and a request passed through the router. `status`, `scale N` and
+`stop` act on the running deployment.
+
+Files, under results/deploy/: endpoint.json (what a client needs, never the key), state.json (the
+controller's view; only it writes there), events.jsonl (every replica start, loss, restart and
+scaling decision with its reason), replicas/<job>.json (each replica's own account).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import psutil
+
+from ladder import raycommand, slurm
+from ladder.goodput import tuned_serve_args
+from ladder.logs import tail
+from ladder.poll import poll, tcp_open
+from ladder.verdict import now, write_json
+from ladder.vllmserver import Server, ServerError, api_key, attempt, cpu_env, resolve_model, serve_args
+
+JOB_NAME = "ladder-replica"
+LIVE_JOB = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
+SCRIPTS = Path(__file__).resolve().parents[1]
+METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+@dataclass
+class Paths:
+    results: Path
+
+    @property
+    def dir(self) -> Path:
+        return self.results / "deploy"
+
+    @property
+    def logs(self) -> Path:
+        return self.results / "logs" / "deploy"
+
+    def __getattr__(self, name: str) -> Path:  # state, events, endpoint, request, config, stopped
+        files = {"state": "state.json", "events": "events.jsonl", "endpoint": "endpoint.json",
+                 "request": "request.json", "config": "config.json", "stopped": "stopped.json"}
+        if name not in files:
+            raise AttributeError(name)
+        return self.dir / files[name]
+
+    def replica(self, job: str) -> Path:
+        return self.dir / "replicas" / f"{job}.json"
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def alive(pid: int | None) -> bool:
+    try:
+        return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def spawn(cmd: list[str], log: Path) -> int:
+    """A process that outlives the rule that starts it (own session, its own log)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True).pid
+
+
+def terminate(pid: int | None, grace: float = 20) -> None:
+    if not alive(pid):
+        return
+    p = psutil.Process(pid)
+    p.terminate()
+    try:
+        p.wait(grace)
+    except psutil.TimeoutExpired:
+        p.kill()
+        p.wait(10)
+
+
+def metrics(url: str) -> dict[str, float] | None:
+    """The queue figures of one vLLM server's /metrics (None when it does not answer)."""
+    try:
+        r = httpx2.get(f"{url}/metrics", timeout=3)
+    except httpx2.TransportError:
+        return None
+    if r.status_code != 200:
+        return None
+    out = dict.fromkeys(METRICS, 0.0)
+    for line in r.text.splitlines():
+        if (m := re.match(r"(vllm:[a-z_]+)(?:\{[^}]*\})? ([0-9.eE+-]+)$", line)) and m[1] in out:
+            out[m[1]] += float(m[2])
+    return {k.removeprefix("vllm:"): v for k, v in out.items()}
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx2.get(f"{url}/health", timeout=3).status_code == 200
+    except httpx2.TransportError:
+        return False
+
+
+# ---------------------------------------------------------------- replica (inside its Slurm job)
+
+def bind_address(cfg: dict[str, Any], node: str, probe_file: Path) -> str:
+    """The node's address on cluster.network, as the probe chose it (probed live on a node the probe never saw)."""
+    probed = {n["slurm_node"]: n for n in (read_json(probe_file, {}) or {}).get("nodes", [])}
+    if node in probed and (nic := probed[node].get("network")):
+        return str(nic["ip"])
+    from ladder import probe
+
+    nic = raycommand.choose_nic({"nics": probe.nics(), "default_route": probe.default_route()},
+                                cfg["cluster"]["network"])
+    if not nic:
+        raise DeployError(f"{node}: no interface matches cluster.network={cfg['cluster']['network']}")
+    return nic["ip"]
+
+
+def replica(a: argparse.Namespace) -> int:
+    """One replica: `vllm serve` on this node until its job is cancelled; TERM drains it first."""
+    paths, cfg = Paths(a.results), json.loads(a.config.read_text())
+    job, node = slurm.job_id(), socket.gethostname()
+    report = paths.replica(job)
+    record = {"job": job, "node": node, "state": "starting", "started": now()}
+    write_json(report, record)
+    stop = {"signal": 0}
+    signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
+    srv = None
+    try:
+        host = bind_address(cfg, node, paths.results / "probe" / "nodes.json")
+        port = slurm.job_ports(int(job), cfg["ray"]["port_base"], cfg["ray"]["port_range"])["serve"]
+        model_path, served = resolve_model(cfg["model"], a.cache.resolve())
+        tp = max(cfg["cluster"]["gpus_per_node"], 1)
+        env = cpu_env(a.cache.resolve()) if cfg["env"]["flavor"] == "cpu" else {}
+        srv = Server(model_path, served, port, key_of(cfg, paths), paths.logs / f"replica-{job}-{node}.log",
+                     args=serve_args(cfg, tp, 1, ray=False) + tuned_serve_args(paths.results, cfg["tune"])
+                     + cfg["deploy"]["extra_args"],
+                     env=env, host=host)
+        srv.start()
+        record |= {"url": srv.base, "log": str(srv.log), "layout": {"tensor_parallel_size": tp,
+                                                                      "pipeline_parallel_size": 1}}
+        write_json(report, record)
+        record["healthy_s"] = round(srv.wait_healthy(cfg["serve"]["health_timeout_s"]), 1)
+        write_json(report, record | {"state": "healthy"})
+        while not stop["signal"] and srv.proc and srv.proc.poll() is None:
+            time.sleep(0.5)
+        if stop["signal"]:
+            # Slurm's --signal before the wall time, or stop/scale-down: finish what is in flight.
+            write_json(report, record | {"state": "draining", "drain_started": now()})
+            poll(lambda: (metrics(srv.base) or {}).get("num_requests_running", 0) == 0,
+                 cfg["deploy"]["drain_s"], max_delay=1)
+            record["state"] = "stopped"
+            return 0
+        record |= {"state": "failed", "detail": f"vllm serve exited with {srv.proc.returncode if srv.proc else '?'}; "
+                                                f"last lines of {srv.log}:\n{tail(srv.log, 15)}"}
+        return 1
+    except (ServerError, DeployError, OSError) as err:
+        record |= {"state": "failed", "detail": str(err)[-3000:]}
+        return 1
+    finally:
+        if srv:
+            srv.stop()
+        write_json(report, record | {"finished": now()})
+
+
+def key_of(cfg: dict[str, Any], paths: Paths) -> str:
+    """serve.api_key_file, else the key `start` wrote for this deployment (0600, outside results/)."""
+    s = cfg["serve"]
+    return api_key(s["api_key_env"], s["api_key_file"] or str(key_file(paths)))
+
+
+def key_file(paths: Paths) -> Path:
+    return paths.results.parent / ".deploy" / "api_key"
+
+
+# ---------------------------------------------------------------- controller (watchdog + scaler)
+
+class Controller:
+    """Reconciles the replica jobs with the target count; the only writer of state.json and events."""
+
+    def __init__(self, paths: Paths, cfg: dict[str, Any]) -> None:
+        self.paths, self.cfg, self.d = paths, cfg, cfg["deploy"]
+        self.state: dict[str, Any] = read_json(paths.state)
+        self.busy_since: float | None = None
+        self.idle_since = time.monotonic()
+        self.running = True
+
+    @property
+    def replicas(self) -> dict[str, dict[str, Any]]:
+        return self.state["replicas"]
+
+    def event(self, kind: str, **fields: Any) -> None:
+        line = {"t": now(), "event": kind, **fields}
+        with open(self.paths.events, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        print(json.dumps(line), flush=True)
+
+    def router(self, action: str, url: str) -> int:
+        r = httpx2.post(f"{self.state['router']['url']}/{action}", params={"url": url}, timeout=30)
+        return r.status_code
+
+    def sbatch(self) -> str:
+        c, d = self.cfg["cluster"], self.d
+        cmd = ["sbatch", "--parsable", f"--job-name={JOB_NAME}", "--nodes=1", "--ntasks=1",
+               f"--cpus-per-task={c['cpus_per_node']}", f"--mem={c['mem_mb_per_node']}",
+               f"--time={d['wall_time_min']}", f"--signal=B:TERM@{d['drain_s'] + 10}",
+               f"--output={self.paths.logs / 'slurm-%j.log'}", f"--chdir={self.paths.results.parent}"]
+        for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"),
+                          ("constraint", "constraint"), ("reservation", "reservation")):
+            if c[key]:
+                cmd.append(f"--{flag}={c[key]}")
+        if c["gpus_per_node"]:
+            cmd.append(f"--gres=gpu:{c['gpu_type'] + ':' if c['gpu_type'] else ''}{c['gpus_per_node']}")
+        if self.state["excluded"]:
+            cmd.append(f"--exclude={','.join(self.state['excluded'])}")
+        cmd.append(f"--wrap=exec env PYTHONPATH={SCRIPTS} {sys.executable} -m ladder.deploy"
+                   f" --results {self.paths.results} replica --config {self.paths.config}"
+                   f" --cache {self.state['cache']}")
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise DeployError(f"sbatch refused a replica: {out.stderr.strip()}")
+        return out.stdout.strip().split(";")[0]
+
+    def jobs(self) -> dict[str, tuple[str, str]]:
+        """job -> (Slurm state, reason or node) for the replicas Slurm still knows."""
+        ids = ",".join(self.replicas)
+        if not ids:
+            return {}
+        out = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i %T %R"], capture_output=True, text=True, timeout=30)
+        return {p[0]: (p[1], p[2] if len(p) > 2 else "") for p in (ln.split(None, 2) for ln in out.stdout.splitlines())}
+
+    def add(self, reason: str) -> None:
+        job = self.sbatch()
+        self.replicas[job] = {"state": "submitted", "node": "", "url": "", "submitted": time.time(),
+                              "failures": 0, "reason": reason}
+        self.event("replica_submitted", job=job, reason=reason)
+
+    def take_out(self, job: str, state: str, why: str) -> None:
+        r = self.replicas[job]
+        if r.get("url") and r["state"] == "serving":
+            with contextlib.suppress(httpx2.TransportError):
+                self.router("remove_worker", r["url"])
+        r["state"] = state
+        self.event(f"replica_{state}", job=job, node=r["node"], reason=why)
+        if state == "lost":
+            subprocess.run(["scancel", job], capture_output=True, timeout=30)
+            if r["node"] and r["node"] not in self.state["excluded"]:
+                self.state["excluded"].append(r["node"])
+
+    def watch(self) -> None:
+        """Watchdog: register healthy replicas, take out ended or unresponsive ones."""
+        jobs = self.jobs()
+        for job, r in list(self.replicas.items()):
+            if r["state"] in ("lost", "stopped", "failed"):
+                continue
+            own = read_json(self.paths.replica(job), {})
+            r["node"] = own.get("node", r["node"])
+            slurm_state = jobs.get(job, ("ENDED", ""))[0]
+            if slurm_state not in LIVE_JOB:
+                if r["state"] == "draining":
+                    r["state"] = "stopped"
+                    self.event("replica_stopped", job=job, node=r["node"])
+                else:
+                    why = own.get("detail") or f"its Slurm job ended ({slurm_state})"
+                    self.take_out(job, "lost" if r["state"] == "serving" else "failed", why[-600:])
+                continue
+            if own.get("state") == "failed":
+                self.take_out(job, "failed", own.get("detail", "")[-600:])
+            elif own.get("state") == "draining" and r["state"] == "serving":
+                self.take_out(job, "draining", "its job is draining (wall time near, or cancelled)")
+            elif r["state"] == "submitted" and own.get("state") == "healthy":
+                r["url"] = own["url"]
+                status = self.router("add_worker", r["url"])
+                if status == 200:
+                    r |= {"state": "serving", "registered": time.time()}
+                    self.event("replica_serving", job=job, node=r["node"], url=r["url"],
+                               seconds_from_submit=round(r["registered"] - r["submitted"], 1))
+                else:
+                    self.event("router_refused", job=job, status=status)
+            elif r["state"] == "serving":
+                r["failures"] = 0 if healthy(r["url"]) else r["failures"] + 1
+                if r["failures"] >= self.d["health_failures"]:
+                    self.take_out(job, "lost", f"/health failed {r['failures']} times in a row")
+
+    def scale(self, loads: list[dict[str, float]]) -> None:
+        """Scaler: queue depth above deploy.scale_up_waiting per replica for scale_up_after_s adds one;
+        no request at all for scale_down_idle_s removes one; always within [min_replicas, max_replicas]."""
+        t, target = time.monotonic(), self.state["target"]
+        request = read_json(self.paths.request)
+        if request and request.get("id") != self.state.get("request_id"):
+            self.state["request_id"] = request["id"]
+            self.state["target"] = request["replicas"]
+            self.event("scale_requested", replicas=request["replicas"], was=target, reason="ladder.deploy scale")
+            return
+        if not loads:
+            return
+        waiting = sum(m["num_requests_waiting"] for m in loads) / len(loads)
+        busy = sum(m["num_requests_running"] + m["num_requests_waiting"] for m in loads)
+        self.busy_since = (self.busy_since or t) if waiting >= self.d["scale_up_waiting"] else None
+        self.idle_since = self.idle_since if busy == 0 else t
+        starting = any(r["state"] == "submitted" for r in self.replicas.values())
+        if (self.busy_since and t - self.busy_since >= self.d["scale_up_after_s"] and target < self.d["max_replicas"]
+                and not starting):  # one at a time: a replica still starting (or pending) counts as added
+            self.state["target"] = target + 1
+            self.event("scale_up", replicas=target + 1, reason=f"{waiting:.1f} requests waiting per replica "
+                       f">= {self.d['scale_up_waiting']} for {t - self.busy_since:.0f} s")
+            self.busy_since = None
+        elif t - self.idle_since >= self.d["scale_down_idle_s"] and target > self.d["min_replicas"]:
+            self.state["target"] = target - 1
+            self.event("scale_down", replicas=target - 1, reason=f"no request for {t - self.idle_since:.0f} s")
+            self.idle_since = t
+
+    def reconcile(self) -> None:
+        """Start or drain replicas until as many are up (or coming) as the target says."""
+        up = [j for j, r in self.replicas.items() if r["state"] in ("submitted", "serving")]
+        lost = sum(r["state"] == "lost" for r in self.replicas.values())
+        target = self.state["target"] if self.d["restart"] else self.state["target"] - lost
+        for _ in range(target - len(up)):
+            self.add("restart" if lost else "target")
+        for job in sorted(up, key=int, reverse=True)[: max(len(up) - max(target, 0), 0)]:
+            self.take_out(job, "draining", f"target is {target} replicas")
+            subprocess.run(["scancel", "--batch", "--signal=TERM", job], capture_output=True, timeout=30)
+
+    def loop(self) -> None:
+        signal.signal(signal.SIGTERM, lambda s, f: setattr(self, "running", False))
+        self.state["controller_pid"] = os.getpid()
+        while self.running:
+            try:
+                self.watch()
+                serving = [r["url"] for r in self.replicas.values() if r["state"] == "serving"]
+                self.scale([m for u in serving if (m := metrics(u)) is not None])
+                self.reconcile()
+            except (DeployError, httpx2.TransportError, subprocess.TimeoutExpired, OSError) as err:
+                self.event("controller_error", reason=str(err)[-600:])
+            self.state["updated"] = now()
+            write_json(self.paths.state, self.state)
+            time.sleep(self.d["poll_s"])
+
+
+# ---------------------------------------------------------------- start / status / scale / stop
+
+def start(a: argparse.Namespace) -> int:
+    paths, cfg = Paths(a.results), json.loads(a.config.read_text())
+    d = cfg["deploy"]
+    old = read_json(paths.state)
+    if old and alive(old.get("controller_pid")):
+        raise DeployError(f"a deployment is running (controller pid {old['controller_pid']}): "
+                          "`python -m ladder.deploy stop` first")
+    for f in (paths.state, paths.events, paths.request, paths.stopped):
+        f.unlink(missing_ok=True)
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    write_json(paths.config, cfg)
+    if not cfg["serve"]["api_key_file"]:
+        # Replicas read the key from a file only the user can read, never from results/ or argv.
+        kf = key_file(paths)
+        kf.parent.mkdir(mode=0o700, exist_ok=True)
+        kf.touch(mode=0o600)
+        kf.chmod(0o600)
+        kf.write_text(api_key(cfg["serve"]["api_key_env"], None))
+    key = key_of(cfg, paths)
+    host = d["router_host"]
+    port, prom = d["router_port"] or free_port(host), free_port(host)
+    router_log = paths.logs / "router.log"
+    bin_dir = Path(sys.executable).parent
+    pid = spawn([str(bin_dir / "vllm-router"), "--host", host, "--port", str(port), "--policy", d["policy"],
+                 "--prometheus-host", host, "--prometheus-port", str(prom),
+                 "--health-check-interval-secs", str(d["health_interval_s"]),
+                 "--health-failure-threshold", str(d["health_failures"]), "--log-level", "warning"], router_log)
+    state = {"router": {"url": f"http://{host}:{port}", "pid": pid, "metrics_port": prom, "log": str(router_log),
+                        "policy": d["policy"]},
+             "target": d["replicas"], "replicas": {}, "excluded": [], "cache": str(a.cache.resolve()),
+             "started": now()}
+    write_json(paths.state, state)
+    if not poll(lambda: tcp_open(host, port) or not alive(pid), 30) or not alive(pid):
+        raise DeployError(f"vllm-router did not listen on {host}:{port}; last lines of {router_log}:\n"
+                          f"{tail(router_log)}")
+    controller = spawn([sys.executable, "-m", "ladder.deploy", "--results", str(paths.results), "controller"],
+                       paths.logs / "controller.log")
+    t0 = time.monotonic()
+
+    def ready() -> bool:
+        s = read_json(paths.state, {})
+        if not alive(controller):
+            raise DeployError(f"the controller exited; last lines of {paths.logs / 'controller.log'}:\n"
+                              f"{tail(paths.logs / 'controller.log')}")
+        states = [r["state"] for r in s.get("replicas", {}).values()]
+        if "failed" in states:
+            raise DeployError("a replica failed to start:\n" + replica_diagnosis(paths, s))
+        return states.count("serving") >= d["replicas"]
+
+    try:
+        if not poll(ready, d["start_timeout_s"], max_delay=2):
+            raise DeployError(f"not every replica served within {d['start_timeout_s']} s (deploy.start_timeout_s):\n"
+                              + replica_diagnosis(paths, read_json(paths.state, {})))
+        smoke_through_router(state["router"]["url"], key, cfg)
+    except (DeployError, ServerError) as err:
+        print(f"deploy failed: {err}", file=sys.stderr, flush=True)
+        stop(paths)
+        return 1
+    s = read_json(paths.state)
+    write_json(a.out, {
+        "url": f"{state['router']['url']}/v1", "model": resolve_served(cfg), "policy": d["policy"],
+        "api_key": f"from {cfg['serve']['api_key_file'] or key_file(paths)}",
+        "replicas": [{"job": j, "node": r["node"], "url": r["url"]} for j, r in s["replicas"].items()
+                     if r["state"] == "serving"],
+        "layout": {"tensor_parallel_size": max(cfg["cluster"]["gpus_per_node"], 1), "pipeline_parallel_size": 1,
+                   "validated_by": "results/single/verdict.json",
+                   "tuned_args": tuned_serve_args(a.results, cfg["tune"])},
+        "started": state["started"], "ready_s": round(time.monotonic() - t0, 1),
+        "metrics": f"http://{host}:{prom}/metrics",
+        "stop": "python -m ladder.deploy stop (or: snakemake --profile <profile> deploy_stop)"})
+    print(f"deployed: {state['router']['url']}/v1 with {d['replicas']} replicas", flush=True)
+    return 0
+
+
+def resolve_served(cfg: dict[str, Any]) -> str:
+    return "tiny" if cfg["model"]["name"] == "tiny" and not cfg["model"].get("path") else cfg["model"]["name"]
+
+
+def replica_diagnosis(paths: Paths, state: dict[str, Any]) -> str:
+    lines = []
+    for job, r in state.get("replicas", {}).items():
+        own = read_json(paths.replica(job), {})
+        lines.append(f"  job {job} on {r.get('node') or '?'}: {r['state']}; {own.get('detail', '')[-1200:]}")
+        if own.get("log"):
+            lines.append(tail(Path(own["log"]), 10))
+    return "\n".join(lines) or "  no replica was submitted"
+
+
+def smoke_through_router(url: str, key: str, cfg: dict[str, Any]) -> None:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+    model = resolve_served(cfg)
+    status, r = attempt(lambda: client.completions.create(model=model, prompt="Hello", max_tokens=8))
+    if status != 200 or not r.choices[0].text:
+        raise DeployError(f"smoke completion through the router failed ({status}): {str(r)[:300]}")
+    status, chunks = attempt(lambda: [c for c in client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True)])
+    if status != 200 or len(chunks) < 2:
+        raise DeployError(f"smoke streaming chat through the router failed ({status}): {str(chunks)[:300]}")
+
+
+def status(paths: Paths) -> dict[str, Any]:
+    s = read_json(paths.state)
+    if not s:
+        raise DeployError(f"no deployment: {paths.state} does not exist")
+    rows = []
+    for job, r in s["replicas"].items():
+        if r["state"] in ("stopped",):
+            continue
+        row = {"job": job, "node": r["node"], "state": r["state"], "url": r["url"]}
+        if r["state"] == "serving":
+            row |= {"healthy": healthy(r["url"])} | (metrics(r["url"]) or {})
+        rows.append(row)
+    return {"router": s["router"]["url"], "router_up": alive(s["router"]["pid"]),
+            "controller_up": alive(s.get("controller_pid")), "target": s["target"],
+            "serving": sum(r["state"] == "serving" for r in rows), "degraded": bool(s["excluded"]),
+            "excluded_nodes": s["excluded"], "replicas": rows}
+
+
+def scale(paths: Paths, n: int, timeout: float) -> dict[str, Any]:
+    s = read_json(paths.state)
+    if not s or not alive(s.get("controller_pid")):
+        raise DeployError("no running deployment to scale")
+    d = read_json(paths.config)["deploy"]
+    if not d["min_replicas"] <= n <= d["max_replicas"]:
+        raise DeployError(f"scale {n}: outside deploy.min_replicas..max_replicas "
+                          f"({d['min_replicas']}..{d['max_replicas']})")
+    write_json(paths.request, {"id": time.time_ns(), "replicas": n})
+
+    def done() -> bool:
+        return sum(r["state"] == "serving" for r in read_json(paths.state)["replicas"].values()) == n
+
+    if not poll(done, timeout, max_delay=2):
+        raise DeployError(f"not {n} replicas serving after {timeout:.0f} s:\n"
+                          + replica_diagnosis(paths, read_json(paths.state)))
+    return status(paths)
+
+
+def stop(paths: Paths) -> dict[str, Any]:
+    """Controller first (no restart behind our back), then drain and cancel every replica, then the router."""
+    s = read_json(paths.state)
+    if not s:
+        raise DeployError(f"no deployment: {paths.state} does not exist")
+    terminate(s.get("controller_pid"))
+    s = read_json(paths.state)
+    cfg = read_json(paths.config)
+    jobs = [j for j, r in s["replicas"].items() if r["state"] not in ("stopped", "lost", "failed")]
+    for j in jobs:
+        if (url := s["replicas"][j]["url"]) and s["replicas"][j]["state"] == "serving":
+            with contextlib.suppress(httpx2.TransportError):
+                httpx2.post(f"{s['router']['url']}/remove_worker", params={"url": url}, timeout=30)
+    if jobs:
+        # TERM to the replica's own process: it lets in-flight requests finish (deploy.drain_s).
+        subprocess.run(["scancel", "--batch", "--signal=TERM", *jobs], capture_output=True, timeout=30)
+        queued = lambda: subprocess.run(["squeue", "-h", "-j", ",".join(jobs), "-o", "%i"],  # noqa: E731
+                                        capture_output=True, text=True, timeout=30).stdout.split()
+        if not poll(lambda: not queued(), cfg["deploy"]["drain_s"] + 20, max_delay=1):
+            subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
+            poll(lambda: not queued(), 60, max_delay=1)
+    terminate(s["router"]["pid"])
+    left = [j for j in jobs if subprocess.run(["squeue", "-h", "-j", j, "-o", "%i"], capture_output=True,
+                                              text=True, timeout=30).stdout.strip()]
+    result = {"stopped": now(), "replicas_stopped": jobs, "jobs_left": left,
+              "router_up": alive(s["router"]["pid"]), "controller_up": alive(s.get("controller_pid"))}
+    for j in jobs:
+        s["replicas"][j]["state"] = "stopped"
+    s["stopped"] = result["stopped"]
+    write_json(paths.state, s)
+    write_json(paths.stopped, result)
+    paths.endpoint.unlink(missing_ok=True)
+    if left or result["router_up"] or result["controller_up"]:
+        raise DeployError(f"stop left something running: {result}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", type=Path, default=Path("results"))
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("start", help="router, controller and replicas; returns once all serve (rule deploy)")
+    p.add_argument("--config", type=Path, required=True, help="results/.config/deploy.json")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="endpoint.json")
+    p = sub.add_parser("replica", help="(inside a replica's Slurm job)")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--cache", type=Path, required=True)
+    sub.add_parser("controller", help="(started by start) watchdog and scaler")
+    sub.add_parser("status", help="per-replica health, load and queue (JSON)")
+    p = sub.add_parser("scale", help="set the replica count and wait until that many serve")
+    p.add_argument("replicas", type=int)
+    p.add_argument("--timeout", type=float, default=900)
+    sub.add_parser("stop", help="drain and cancel every replica, stop the router and the controller")
+    a = ap.parse_args(argv)
+    a.results = a.results.resolve()
+    paths = Paths(a.results)
+    try:
+        if a.cmd == "start":
+            return start(a)
+        if a.cmd == "replica":
+            return replica(a)
+        if a.cmd == "controller":
+            Controller(paths, read_json(paths.config)).loop()
+            return 0
+        result = {"status": lambda: status(paths), "scale": lambda: scale(paths, a.replicas, a.timeout),
+                  "stop": lambda: stop(paths)}[a.cmd]()
+        print(json.dumps(result, indent=1))
+        return 0
+    except DeployError as err:
+        print(f"ladder.deploy {a.cmd}: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
