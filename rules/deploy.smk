@@ -32,7 +32,8 @@ rule deploy_status:
 
 
 rule deploy_scale:
-    """Scale the running deployment to deploy.replicas (e.g. --config 'deploy={{replicas: 3}}')."""
+    """Scale the running deployment to deploy.replicas (--configfile with deploy: {{replicas: N}}:
+    --config passes nested values as strings)."""
     params:
         deploy=DEPLOY,
         replicas=config["deploy"]["replicas"],
