@@ -43,9 +43,10 @@ rule deploy_scale:
 
 
 rule deploy_stop:
-    """Drain and cancel every replica, stop the router and the controller."""
+    """Drain and cancel every replica, stop the router and the controller; the report gains the deployment."""
     params:
         deploy=DEPLOY,
+        report=f"{PY} -m ladder.report --results results --config {stage_config('report')} --out results/report",
     localrule: True
     shell:
-        "{params.deploy} stop"
+        "{params.deploy} stop && {params.report}"

@@ -211,6 +211,13 @@ def key_file(paths: Paths) -> Path:
 
 # ---------------------------------------------------------------- controller (watchdog + scaler)
 
+def append_event(paths: Paths, kind: str, **fields: Any) -> None:
+    line = json.dumps({"t": now(), "event": kind, **fields})
+    with open(paths.events, "a") as fh:
+        fh.write(line + "\n")
+    print(line, flush=True)
+
+
 class Controller:
     """Reconciles the replica jobs with the target count; the only writer of state.json and events."""
 
@@ -226,10 +233,7 @@ class Controller:
         return self.state["replicas"]
 
     def event(self, kind: str, **fields: Any) -> None:
-        line = {"t": now(), "event": kind, **fields}
-        with open(self.paths.events, "a") as fh:
-            fh.write(json.dumps(line) + "\n")
-        print(json.dumps(line), flush=True)
+        append_event(self.paths, kind, **fields)
 
     def router(self, action: str, url: str) -> int:
         r = httpx2.post(f"{self.state['router']['url']}/{action}", params={"url": url}, timeout=30)
@@ -301,7 +305,7 @@ class Controller:
                     self.take_out(job, "lost" if r["state"] == "serving" else "failed", why[-600:])
                 continue
             if own.get("state") == "failed":
-                self.take_out(job, "failed", own.get("detail", "")[-600:])
+                self.take_out(job, "lost" if r["state"] == "serving" else "failed", own.get("detail", "")[-600:])
             elif own.get("state") == "draining" and r["state"] == "serving":
                 self.take_out(job, "draining", "its job is draining (wall time near, or cancelled)")
             elif r["state"] == "submitted" and own.get("state") == "healthy":
@@ -542,6 +546,7 @@ def stop(paths: Paths) -> dict[str, Any]:
         s["replicas"][j]["state"] = "stopped"
     s["stopped"] = result["stopped"]
     write_json(paths.state, s)
+    append_event(paths, "deployment_stopped", reason=f"ladder.deploy stop: {len(jobs)} replica(s) drained")
     write_json(paths.stopped, result)
     paths.endpoint.unlink(missing_ok=True)
     if left or result["router_up"] or result["controller_up"]:

@@ -234,6 +234,58 @@ def tune_part(results: Path, out: Path, scaling: dict[str, Any] | None) -> tuple
     return part, plots
 
 
+def deploy_part(results: Path, out: Path) -> tuple[list[str], list[str]]:
+    """Target deploy (after `all`; its stop re-renders this page): replicas, the serving timeline,
+    every watchdog and scaler decision, the router benchmark."""
+    state, d = load(results / "deploy" / "state.json"), results / "deploy"
+    if not state:
+        return ["<h2>Deploy</h2><p>Not deployed (<code>snakemake deploy</code>, after all).</p>"], []
+    events = [json.loads(x) for x in (d / "events.jsonl").read_text().splitlines()] if (d / "events.jsonl").exists() \
+        else []
+    r = state["router"]
+    parts = ["<h2>Deploy: replicas behind vllm-router</h2>",
+             f"<p>Router {esc(r['url'])} (policy {esc(r['policy'])}), target {state['target']} replica(s), "
+             f"started {esc(state['started'])}{', stopped ' + esc(state['stopped']) if state.get('stopped') else ''};"
+             f" nodes excluded after a loss: {esc(', '.join(state['excluded']) or 'none')}.</p>",
+             table(["job", "node", "state", "url", "submitted because"],
+                   [[j, x["node"], x["state"], x["url"], x.get("reason", "")] for j, x in state["replicas"].items()]),
+             "<h3>Watchdog and scaler decisions (events.jsonl)</h3>",
+             table(["time", "event", "job", "node", "reason / seconds from submit"],
+                   [[e["t"], e["event"], e.get("job", ""), e.get("node", ""),
+                     e.get("reason", e.get("seconds_from_submit", ""))] for e in events])]
+    plots = []
+    step = {"replica_serving": 1, "replica_lost": -1, "replica_draining": -1}
+    if any(e["event"] in step for e in events):
+        t0 = time.mktime(time.strptime(events[0]["t"][:19], "%Y-%m-%dT%H:%M:%S"))
+        xs, ys, n = [0.0], [0], 0
+        for e in events:
+            if e["event"] in step or e["event"] == "deployment_stopped":
+                n = n + step[e["event"]] if e["event"] in step else 0
+                xs.append(time.mktime(time.strptime(e["t"][:19], "%Y-%m-%dT%H:%M:%S")) - t0)
+                ys.append(n)
+        fig, ax = plt.subplots(figsize=(8, 2.6))
+        ax.step(xs, ys, where="post")
+        for e in events:
+            if e["event"] in ("replica_lost", "scale_up", "scale_down", "scale_requested", "deployment_stopped"):
+                x = time.mktime(time.strptime(e["t"][:19], "%Y-%m-%dT%H:%M:%S")) - t0
+                ax.axvline(x, color="#c62828" if e["event"] == "replica_lost" else "#1565c0", ls=":", lw=1)
+                ax.annotate(e["event"], (x, max(ys) + 0.1), fontsize=7, rotation=90, va="bottom")
+        ax.set(xlabel="s since deploy started", ylabel="replicas serving", ylim=(0, max(ys) + 1.5))
+        fig.tight_layout()
+        fig.savefig(out / "deploy-timeline.png", dpi=110)
+        plt.close(fig)
+        parts.append('<img src="deploy-timeline.png" alt="replicas serving over time">')
+        plots.append("deploy-timeline.png")
+    if bench := load(d / "bench.json"):
+        parts += ["<h3>Router benchmark (vllm bench serve through the router, one run)</h3>",
+                  table(["replicas", "level", "output tok/s", "requests/s", "TTFT median ms"],
+                        [[n, lv, fmt(x["output_throughput"]), fmt(x["request_throughput"]), fmt(x["ttft_ms"]["median"])]
+                         for n, levels in bench["results"].items() for lv, x in levels.items()]),
+                  f"<p>Throughput ratio, 2 replicas over 1: {esc(bench.get('ratio_2_over_1'))}. "
+                  f"{esc(bench.get('note', ''))}</p>"]
+    return parts, plots
+
+
 def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     stages = [*STAGES[:4], "tune", *STAGES[4:]] if config["tune"]["enabled"] else STAGES
@@ -313,6 +365,9 @@ def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "
     parts.append("<h2>Compared with the previous run</h2>" + (
         table(["stage", "metric", "previous", "this run", "change"], hrow) if hrow else
         "<p>No previous run in results/history.jsonl.</p>"))
+    deploy_html, deploy_plots = deploy_part(results, out)
+    parts += deploy_html
+    plots += deploy_plots
     parts += ["<h2>Versions</h2>", table(["package", "version"], [[k, v] for k, v in versions.items()]),
               "<h2>Configuration (validated, defaults filled)</h2>",
               f"<pre>{esc(json.dumps(config, indent=1))}</pre>"]
