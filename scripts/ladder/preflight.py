@@ -30,7 +30,8 @@ def partition_gpus(config: dict[str, Any]) -> dict[str, int] | None:
     except subprocess.TimeoutExpired:
         res = None
     if res is None or res.returncode != 0:
-        why = "got no answer in 15 s" if res is None else f"failed: {(res.stderr.strip().splitlines() or ['(no message)'])[-1][:200]}"
+        last = (res.stderr.strip().splitlines() or ["(no message)"])[-1][:200] if res else ""
+        why = f"failed: {last}" if res else "got no answer in 15 s"
         print(f"ladder: `{' '.join(cmd)}` {why}; is the Slurm controller up (SLURM_CONF)? "
               "The partition's nodes stay unknown.", file=sys.stderr)
         return None
