@@ -14,12 +14,13 @@ rule deploy:
     params:
         deploy=DEPLOY,
         cache=CACHE,
+        hash=config_hash("deploy"),
     log:
         "results/logs/deploy/deploy.log",
     localrule: True
     shell:
         "{params.deploy} start --config {input.config} --cache {params.cache} --out {output.endpoint}"
-        " > {log} 2>&1"
+        " --config-hash {params.hash} > {log} 2>&1"
 
 
 rule deploy_status:
@@ -50,3 +51,19 @@ rule deploy_stop:
     localrule: True
     shell:
         "{params.deploy} stop && {params.report}"
+
+
+rule deploy_bench:
+    """vllm bench serve through the router with 1 replica, then 2 on separate nodes (one run): the ratio."""
+    input:
+        endpoint=rules.deploy.output.endpoint,
+    output:
+        bench="results/deploy/bench.json",
+    params:
+        deploy=DEPLOY,
+        cache=CACHE,
+    log:
+        "results/logs/deploy/deploy_bench.log",
+    localrule: True
+    shell:
+        "{params.deploy} bench --cache {params.cache} > {log} 2>&1"

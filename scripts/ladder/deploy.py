@@ -409,7 +409,7 @@ def start(a: argparse.Namespace) -> int:
     state = {"router": {"url": f"http://{host}:{port}", "pid": pid, "metrics_port": prom, "log": str(router_log),
                         "policy": d["policy"]},
              "target": d["replicas"], "replicas": {}, "excluded": [], "cache": str(a.cache.resolve()),
-             "started": now()}
+             "started": now(), "config_hash": a.config_hash}
     write_json(paths.state, state)
     if not poll(lambda: tcp_open(host, port) or not alive(pid), 30) or not alive(pid):
         raise DeployError(f"vllm-router did not listen on {host}:{port}; last lines of {router_log}:\n"
@@ -554,6 +554,37 @@ def stop(paths: Paths) -> dict[str, Any]:
     return result
 
 
+def bench(paths: Paths, cache: Path, timeout: float) -> dict[str, Any]:
+    """`vllm bench serve` (the bench section's levels) through the router with 1 replica, then 2 on
+    separate nodes, in one run; results/deploy/bench.json with the ratios and the run's metadata."""
+    from ladder.bench import ratios, run_sweep
+    from ladder.singlestage import metadata
+
+    cfg, state = read_json(paths.config), read_json(paths.state)
+    model_path, served = resolve_model(cfg["model"], cache.resolve())
+    results, nodes = {}, {}
+    for n in (1, 2):
+        scale(paths, n, timeout)
+        nodes[n] = sorted(r["node"] for r in read_json(paths.state)["replicas"].values() if r["state"] == "serving")
+        try:
+            results[str(n)] = run_sweep(state["router"]["url"], served, model_path, cfg["bench"], key_of(cfg, paths),
+                                        paths.dir / "bench-raw" / f"replicas{n}", paths.logs / "bench.log")
+        except RuntimeError as err:
+            raise DeployError(str(err)) from None
+    by_level = ratios(results["2"], results["1"])
+    top = f"c{max(cfg['bench']['concurrency'])}"
+    versions = read_json(paths.results / "env" / "versions.json", {})
+    meta = metadata(cfg, versions, sorted(set(nodes[1] + nodes[2])), {"replicas": [1, 2]}, state["config_hash"], served)
+    out = {"metadata": meta | {"replica_nodes": nodes, "policy": cfg["deploy"]["policy"]},
+           "results": results, "ratios_2_over_1": by_level,
+           "ratio_2_over_1": by_level.get(top, {}).get("output_throughput"),
+           "note": f"output throughput at {top}; replicas on separate nodes"
+                   + (" of one machine sharing its cores: the ratio shows the router's overhead, not two machines' "
+                      "capacity" if cfg["env"]["flavor"] == "cpu" else "")}
+    write_json(paths.dir / "bench.json", out)
+    return {"ratio_2_over_1": out["ratio_2_over_1"], "by_level": by_level, "nodes": nodes}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=Path("results"))
@@ -562,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, required=True, help="results/.config/deploy.json")
     p.add_argument("--cache", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="endpoint.json")
+    p.add_argument("--config-hash", default="")
     p = sub.add_parser("replica", help="(inside a replica's Slurm job)")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--cache", type=Path, required=True)
@@ -571,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("replicas", type=int)
     p.add_argument("--timeout", type=float, default=900)
     sub.add_parser("stop", help="drain and cancel every replica, stop the router and the controller")
+    p = sub.add_parser("bench", help="vllm bench serve through the router, 1 replica then 2 (deploy/bench.json)")
+    p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--timeout", type=float, default=900)
     a = ap.parse_args(argv)
     a.results = a.results.resolve()
     paths = Paths(a.results)
@@ -583,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             Controller(paths, read_json(paths.config)).loop()
             return 0
         result = {"status": lambda: status(paths), "scale": lambda: scale(paths, a.replicas, a.timeout),
-                  "stop": lambda: stop(paths)}[a.cmd]()
+                  "stop": lambda: stop(paths), "bench": lambda: bench(paths, a.cache, a.timeout)}[a.cmd]()
         print(json.dumps(result, indent=1))
         return 0
     except DeployError as err:
