@@ -19,11 +19,20 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 PERCENTILES = "50,90,99"
 METRICS = ("ttft", "tpot", "itl", "e2el")
+
+
+def metadata(cfg: dict[str, Any], versions: dict[str, Any], nodes: list[str], plan: dict[str, int],
+             config_hash: str, model: str) -> dict[str, Any]:
+    device = f"{cfg['cluster']['gpus_per_node']} GPU/node" if cfg["cluster"]["gpus_per_node"] else "cpu"
+    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cluster": cfg["cluster"]["name"], "nodes": nodes,
+            "device": device, "model": model, "plan": plan, "config_hash": config_hash,
+            "versions": versions.get("versions", {}), "bench_settings": cfg["bench"]}
 
 
 def bench_args(base_url: str, model: str, tokenizer: str, workload: dict[str, Any], out: Path, repetition: int,

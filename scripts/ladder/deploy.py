@@ -557,8 +557,7 @@ def stop(paths: Paths) -> dict[str, Any]:
 def bench(paths: Paths, cache: Path, timeout: float) -> dict[str, Any]:
     """`vllm bench serve` (the bench section's levels) through the router with 1 replica, then 2 on
     separate nodes, in one run; results/deploy/bench.json with the ratios and the run's metadata."""
-    from ladder.bench import ratios, run_sweep
-    from ladder.singlestage import metadata
+    from ladder.bench import metadata, ratios, run_sweep
 
     cfg, state = read_json(paths.config), read_json(paths.state)
     model_path, served = resolve_model(cfg["model"], cache.resolve())

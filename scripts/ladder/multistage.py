@@ -18,17 +18,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
-
 from ladder import slurm
-from ladder.bench import ratios, run_sweep
+from ladder.bench import metadata, ratios, run_sweep
 from ladder.e2e import run_suite, soak
 from ladder.goodput import tuned_serve_args
 from ladder.logs import last_run, shorten
 from ladder.plan import PlanError, make_plan, model_shape
+from ladder.poll import poll
 from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
 from ladder.raystage import check_nodes, check_tasks
-from ladder.singlestage import metadata, perf_checks
+from ladder.singlestage import perf_checks
 from ladder.verdict import Verdict, require_gate, stage_parser, write_json
 from ladder.vllm_plugin import RAY_RESOURCE
 from ladder.vllmserver import Server, ServerError, api_key, check_healthy, cpu_env, resolve_model, serve_args
@@ -105,9 +104,7 @@ def lost_nodes(cluster: RayCluster, pipeline: list[str]) -> list[str]:
     """Pipeline nodes Ray no longer sees alive (after a failure under load); Ray marks a node dead once
     its health checks fail, so look for up to a minute."""
     with ray_driver(cluster.spec):
-        return Retrying(stop=stop_after_delay(60), wait=wait_fixed(2), retry=retry_if_result(lambda lost: not lost),
-                        retry_error_callback=lambda _: [])(
-            lambda: [n for n in pipeline if n not in cluster.alive_nodes()])
+        return poll(lambda: [n for n in pipeline if n not in cluster.alive_nodes()], 60, max_delay=2)
 
 
 @dataclass

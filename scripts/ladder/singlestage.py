@@ -16,19 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ladder import plan, roofline, slurm, vllmserver
-from ladder.bench import run_sweep
+from ladder.bench import metadata, run_sweep
 from ladder.logs import shorten
 from ladder.monitor import Sampler
 from ladder.verdict import Verdict, reference_check, require_gate, stage_parser, write_json
 from ladder.vllmserver import Server, ServerError, api_key, check_healthy, cpu_env, resolve_model, serve_args, smoke
-
-
-def metadata(cfg: dict[str, Any], versions: dict[str, Any], nodes: list[str], plan: dict[str, int],
-             config_hash: str, model: str) -> dict[str, Any]:
-    device = f"{cfg['cluster']['gpus_per_node']} GPU/node" if cfg["cluster"]["gpus_per_node"] else "cpu"
-    return {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "cluster": cfg["cluster"]["name"], "nodes": nodes,
-            "device": device, "model": model, "plan": plan, "config_hash": config_hash,
-            "versions": versions.get("versions", {}), "bench_settings": cfg["bench"]}
 
 
 def perf_checks(v: Verdict, stage: str, results: dict[str, dict[str, Any]], refs: dict[str, Any]) -> None:

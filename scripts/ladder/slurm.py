@@ -69,16 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Slurm helpers for stage scripts")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("nodes", help="comma-separated nodes of this job's allocation")
-    p = sub.add_parser("ports", help="this job's port block as JSON")
-    p.add_argument("--base", type=int, required=True)
-    p.add_argument("--span", type=int, required=True)
-    a = ap.parse_args(argv)
-    if a.cmd == "nodes":
-        print(",".join(job_nodes()))
-    else:
-        import json
-
-        print(json.dumps(job_ports(int(job_id()), a.base, a.span)))
+    ap.parse_args(argv)
+    print(",".join(job_nodes()))
     return 0
 
 

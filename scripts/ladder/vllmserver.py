@@ -22,9 +22,9 @@ from typing import Any
 
 import httpx2  # the openai client's own HTTP layer
 import openai
-from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_exponential
 
 from ladder.logs import shorten, startup_metrics, tail, vllm_memory
+from ladder.poll import poll
 
 # Fixed prompt set whose greedy completions single and multinode must agree on.
 PROMPTS = [
@@ -139,13 +139,9 @@ class Server:
 
     def wait_healthy(self, timeout: float) -> float:
         """Seconds from start to healthy; ServerError with the log tail if it exits or the deadline passes."""
-        retrying = Retrying(stop=stop_after_delay(max(self.started + timeout - time.monotonic(), 0)),
-                            wait=wait_exponential(multiplier=0.5, max=3), retry=retry_if_result(lambda ok: not ok))
-        try:
-            retrying(self._healthy_or_exited)
-        except RetryError:
+        if not poll(self._healthy_or_exited, self.started + timeout - time.monotonic(), max_delay=3):
             raise ServerError(f"vllm serve not healthy after {timeout:.0f}s (serve.health_timeout_s); "
-                              f"last lines of {self.log}:\n{tail(self.log, 25)}") from None
+                              f"last lines of {self.log}:\n{tail(self.log, 25)}")
         return time.monotonic() - self.started
 
     def stop(self, grace: float = 30) -> None:
