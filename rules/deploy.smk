@@ -27,9 +27,11 @@ rule deploy_status:
     """Per-replica health, load and queue of the running deployment (JSON on stdout)."""
     params:
         deploy=DEPLOY,
+    log:
+        "results/logs/deploy/status.log",
     localrule: True
     shell:
-        "{params.deploy} status"
+        "{params.deploy} status 2>&1 | tee {log}"
 
 
 rule deploy_scale:
@@ -38,9 +40,11 @@ rule deploy_scale:
     params:
         deploy=DEPLOY,
         replicas=config["deploy"]["replicas"],
+    log:
+        "results/logs/deploy/scale.log",
     localrule: True
     shell:
-        "{params.deploy} scale {params.replicas}"
+        "{params.deploy} scale {params.replicas} 2>&1 | tee {log}"
 
 
 rule deploy_stop:
@@ -48,9 +52,11 @@ rule deploy_stop:
     params:
         deploy=DEPLOY,
         report=f"{PY} -m ladder.report --results results --config {stage_config('report')} --out results/report",
+    log:
+        "results/logs/deploy/stop.log",
     localrule: True
     shell:
-        "{params.deploy} stop && {params.report}"
+        "{params.deploy} stop 2>&1 | tee {log} && {params.report} >> {log} 2>&1"
 
 
 rule deploy_bench:
