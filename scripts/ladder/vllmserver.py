@@ -147,7 +147,9 @@ class Server:
     def stop(self, grace: float = 30) -> None:
         if not self.proc or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
+        # TERM to the API server alone: it shuts its engine down, which unlinks the engine's /dev/shm
+        # queues; TERM to the whole group at once raced that and left them behind (seen after tune).
+        self.proc.terminate()
         try:
             self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
