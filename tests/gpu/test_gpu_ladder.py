@@ -118,7 +118,7 @@ def test_llama3_70b_shape_single_serves_its_proxy(tmp_path: Path) -> None:
     results = run_ladder(tmp_path, "h200-70b.yaml", stages, {"SB_NODES": "2"} if GPUS >= 2 else {})
     single = json.loads((results / "single" / "verdict.json").read_text())
     fit = next(c for c in single["checks"] if c["name"] == "model_fits_one_node")
-    assert fit["ok"] is None and 0 < fit["value"] < 80 == fit["reference"], fit
+    assert fit["ok"] is None and 0 < fit["value"] < 80 == fit["expected"], fit
     assert single["metrics"]["proxy_layers"] == fit["value"]
     bench = json.loads((results / "single" / "bench.json").read_text())
     assert bench["metadata"]["proxy"]["of"] == 80
