@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
 
-from ladder import preflight, stageconfig  # noqa: E402
+from ladder import preflight, slurm, stageconfig  # noqa: E402
 
 PREFIX = Path(config["env"]["prefix"]).resolve()
 # Every stage after env runs in the environment env verified.
@@ -143,7 +143,7 @@ def stage_resources(stage, nodes=1, mpi=False, gpus=True, mem_mb=None):
         res["mpi"] = mpi_launcher if multi else ""
     if gpus and GPUS:
         # gres per node; `gpu=N` would mean N for the whole job.
-        res["gres"] = f"gpu:{c['gpu_type']}:{GPUS}" if c["gpu_type"] else f"gpu:{GPUS}"
+        res["gres"] = slurm.gres(c)
         # The plugin adds --ntasks-per-gpu=<tasks> to any GPU job (issue #316), which Slurm
         # refuses with nodes=N tasks=N gres=gpu:K ("Requested node configuration is not
         # available"); 0 leaves it out.

@@ -38,8 +38,9 @@ from ladder import raycommand, slurm
 from ladder.goodput import tuned_serve_args
 from ladder.logs import tail
 from ladder.poll import poll, tcp_open
+from ladder.sandbox import stop_pids
 from ladder.verdict import now, write_json
-from ladder.vllmserver import Server, ServerError, api_key, attempt, cpu_env, resolve_model, serve_args
+from ladder.vllmserver import Server, ServerError, api_key, attempt, cpu_env, healthy, resolve_model, serve_args
 
 JOB_NAME = "ladder-replica"
 LIVE_JOB = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
@@ -102,18 +103,6 @@ def spawn(cmd: list[str], log: Path) -> int:
                                 start_new_session=True).pid
 
 
-def terminate(pid: int | None, grace: float = 20) -> None:
-    if not alive(pid):
-        return
-    p = psutil.Process(pid)
-    p.terminate()
-    try:
-        p.wait(grace)
-    except psutil.TimeoutExpired:
-        p.kill()
-        p.wait(10)
-
-
 def metrics(url: str) -> dict[str, float] | None:
     """The queue figures of one vLLM server's /metrics (None when it does not answer)."""
     try:
@@ -127,13 +116,6 @@ def metrics(url: str) -> dict[str, float] | None:
         if (m := re.match(r"(vllm:[a-z_]+)(?:\{[^}]*\})? ([0-9.eE+-]+)$", line)) and m[1] in out:
             out[m[1]] += float(m[2])
     return {k.removeprefix("vllm:"): v for k, v in out.items()}
-
-
-def healthy(url: str) -> bool:
-    try:
-        return httpx2.get(f"{url}/health", timeout=3).status_code == 200
-    except httpx2.TransportError:
-        return False
 
 
 # ---------------------------------------------------------------- replica (inside its Slurm job)
@@ -250,7 +232,7 @@ class Controller:
             if c[key]:
                 cmd.append(f"--{flag}={c[key]}")
         if c["gpus_per_node"]:
-            cmd.append(f"--gres=gpu:{c['gpu_type'] + ':' if c['gpu_type'] else ''}{c['gpus_per_node']}")
+            cmd.append(f"--gres={slurm.gres(c)}")
         if self.state["excluded"]:
             cmd.append(f"--exclude={','.join(self.state['excluded'])}")
         cmd.append(f"--wrap=exec env PYTHONPATH={SCRIPTS} {sys.executable} -m ladder.deploy"
@@ -261,13 +243,13 @@ class Controller:
             raise DeployError(f"sbatch refused a replica: {out.stderr.strip()}")
         return out.stdout.strip().split(";")[0]
 
-    def jobs(self) -> dict[str, tuple[str, str]]:
-        """job -> (Slurm state, reason or node) for the replicas Slurm still knows."""
+    def jobs(self) -> dict[str, str]:
+        """job -> Slurm state, for the replicas Slurm still knows."""
         ids = ",".join(self.replicas)
         if not ids:
             return {}
-        out = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i %T %R"], capture_output=True, text=True, timeout=30)
-        return {p[0]: (p[1], p[2] if len(p) > 2 else "") for p in (ln.split(None, 2) for ln in out.stdout.splitlines())}
+        out = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+        return dict(ln.split() for ln in out.stdout.splitlines() if ln.strip())
 
     def add(self, reason: str) -> None:
         job = self.sbatch()
@@ -295,7 +277,7 @@ class Controller:
                 continue
             own = read_json(self.paths.replica(job), {})
             r["node"] = own.get("node", r["node"])
-            slurm_state = jobs.get(job, ("ENDED", ""))[0]
+            slurm_state = jobs.get(job, "ENDED")
             if slurm_state not in LIVE_JOB:
                 if r["state"] == "draining":
                     r["state"] = "stopped"
@@ -318,7 +300,7 @@ class Controller:
                 else:
                     self.event("router_refused", job=job, status=status)
             elif r["state"] == "serving":
-                r["failures"] = 0 if healthy(r["url"]) else r["failures"] + 1
+                r["failures"] = 0 if healthy(r["url"], timeout=3) else r["failures"] + 1
                 if r["failures"] >= self.d["health_failures"]:
                     self.take_out(job, "lost", f"/health failed {r['failures']} times in a row")
 
@@ -439,7 +421,7 @@ def start(a: argparse.Namespace) -> int:
         return 1
     s = read_json(paths.state)
     write_json(a.out, {
-        "url": f"{state['router']['url']}/v1", "model": resolve_served(cfg), "policy": d["policy"],
+        "url": f"{state['router']['url']}/v1", "model": cfg["model"]["name"], "policy": d["policy"],
         "api_key": f"from {cfg['serve']['api_key_file'] or key_file(paths)}",
         "replicas": [{"job": j, "node": r["node"], "url": r["url"]} for j, r in s["replicas"].items()
                      if r["state"] == "serving"],
@@ -451,10 +433,6 @@ def start(a: argparse.Namespace) -> int:
         "stop": "python -m ladder.deploy stop (or: snakemake --profile <profile> deploy_stop)"})
     print(f"deployed: {state['router']['url']}/v1 with {d['replicas']} replicas", flush=True)
     return 0
-
-
-def resolve_served(cfg: dict[str, Any]) -> str:
-    return "tiny" if cfg["model"]["name"] == "tiny" and not cfg["model"].get("path") else cfg["model"]["name"]
 
 
 def replica_diagnosis(paths: Paths, state: dict[str, Any]) -> str:
@@ -469,7 +447,7 @@ def replica_diagnosis(paths: Paths, state: dict[str, Any]) -> str:
 
 def smoke_through_router(url: str, key: str, cfg: dict[str, Any]) -> None:
     client = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
-    model = resolve_served(cfg)
+    model = cfg["model"]["name"]  # the served name (resolve_model)
     status, r = attempt(lambda: client.completions.create(model=model, prompt="Hello", max_tokens=8))
     if status != 200 or not r.choices[0].text:
         raise DeployError(f"smoke completion through the router failed ({status}): {str(r)[:300]}")
@@ -489,7 +467,7 @@ def status(paths: Paths) -> dict[str, Any]:
             continue
         row = {"job": job, "node": r["node"], "state": r["state"], "url": r["url"]}
         if r["state"] == "serving":
-            row |= {"healthy": healthy(r["url"])} | (metrics(r["url"]) or {})
+            row |= {"healthy": healthy(r["url"], timeout=3)} | (metrics(r["url"]) or {})
         rows.append(row)
     return {"router": s["router"]["url"], "router_up": alive(s["router"]["pid"]),
             "controller_up": alive(s.get("controller_pid")), "target": s["target"],
@@ -521,7 +499,7 @@ def stop(paths: Paths) -> dict[str, Any]:
     s = read_json(paths.state)
     if not s:
         raise DeployError(f"no deployment: {paths.state} does not exist")
-    terminate(s.get("controller_pid"))
+    stop_pids([s["controller_pid"]] if s.get("controller_pid") else [], grace=20)
     s = read_json(paths.state)
     cfg = read_json(paths.config)
     jobs = [j for j, r in s["replicas"].items() if r["state"] not in ("stopped", "lost", "failed")]
@@ -529,17 +507,19 @@ def stop(paths: Paths) -> dict[str, Any]:
         if (url := s["replicas"][j]["url"]) and s["replicas"][j]["state"] == "serving":
             with contextlib.suppress(httpx2.TransportError):
                 httpx2.post(f"{s['router']['url']}/remove_worker", params={"url": url}, timeout=30)
+
+    def queued() -> list[str]:
+        return subprocess.run(["squeue", "-h", "-j", ",".join(jobs), "-o", "%i"], capture_output=True, text=True,
+                              timeout=30).stdout.split() if jobs else []
+
     if jobs:
         # TERM to the replica's own process: it lets in-flight requests finish (deploy.drain_s).
         subprocess.run(["scancel", "--batch", "--signal=TERM", *jobs], capture_output=True, timeout=30)
-        queued = lambda: subprocess.run(["squeue", "-h", "-j", ",".join(jobs), "-o", "%i"],  # noqa: E731
-                                        capture_output=True, text=True, timeout=30).stdout.split()
         if not poll(lambda: not queued(), cfg["deploy"]["drain_s"] + 20, max_delay=1):
             subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
             poll(lambda: not queued(), 60, max_delay=1)
-    terminate(s["router"]["pid"])
-    left = [j for j in jobs if subprocess.run(["squeue", "-h", "-j", j, "-o", "%i"], capture_output=True,
-                                              text=True, timeout=30).stdout.strip()]
+    stop_pids([s["router"]["pid"]], grace=20)
+    left = queued()
     result = {"stopped": now(), "replicas_stopped": jobs, "jobs_left": left,
               "router_up": alive(s["router"]["pid"]), "controller_up": alive(s.get("controller_pid"))}
     for j in jobs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from typing import Any
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
@@ -36,6 +37,12 @@ def job_nodes(jid: str | None = None) -> list[str]:
     if out.returncode != 0 or not out.stdout.strip():
         raise SystemExit(f"squeue could not list the nodes of job {jid}: {out.stderr.strip()}")
     return expand_nodelist(out.stdout.strip())
+
+
+def gres(cluster: dict[str, Any]) -> str:
+    """The per-node GPU request for the cluster section: gpu:<type>:N with cluster.gpu_type, else gpu:N."""
+    kind = f"{cluster['gpu_type']}:" if cluster["gpu_type"] else ""
+    return f"gpu:{kind}{cluster['gpus_per_node']}"
 
 
 PORTS_PER_JOB = 40

@@ -80,6 +80,14 @@ def cpu_env(cache: Path) -> dict[str, str]:
             "VLLM_USE_AOT_COMPILE": "0"}
 
 
+def healthy(base: str, timeout: float = 5) -> bool:
+    """A vLLM server at base answers /health (no key needed there)."""
+    try:
+        return httpx2.get(f"{base}/health", timeout=timeout).status_code == 200
+    except httpx2.TransportError:
+        return False
+
+
 @dataclass
 class Server:
     model_path: str
@@ -126,10 +134,7 @@ class Server:
             return 0  # no response, as attempt() reports it
 
     def healthy(self) -> bool:
-        try:
-            return httpx2.get(f"{self.base}/health", timeout=5).status_code == 200
-        except httpx2.TransportError:
-            return False
+        return healthy(self.base)
 
     def _healthy_or_exited(self) -> bool:
         if self.proc and self.proc.poll() is not None:

@@ -78,3 +78,10 @@ def test_job_ports_smallest_range():
 def test_job_ports_bad_range(base, span, why):
     with pytest.raises(ValueError, match=why):
         job_ports(1, base, span)
+
+
+def test_gres_typed_or_not():
+    from ladder.slurm import gres
+
+    assert gres({"gpu_type": "h200", "gpus_per_node": 4}) == "gpu:h200:4"
+    assert gres({"gpu_type": None, "gpus_per_node": 2}) == "gpu:2"
