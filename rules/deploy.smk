@@ -60,7 +60,8 @@ rule deploy_stop:
 
 
 rule deploy_bench:
-    """vllm bench serve through the router with 1 replica, then 2 on separate nodes (one run): the ratio."""
+    """vllm bench serve through the router with 1 replica, then 2 on separate nodes, then the 2 behind a
+    router of each of deploy.bench_policies (one run): the ratio and the goodput per policy."""
     input:
         endpoint=rules.deploy.output.endpoint,
     output:
@@ -68,8 +69,9 @@ rule deploy_bench:
     params:
         deploy=DEPLOY,
         cache=CACHE,
+        policies=" ".join(f"--policy {p}" for p in config["deploy"]["bench_policies"]),
     log:
         "results/logs/deploy/deploy_bench.log",
     localrule: True
     shell:
-        "{params.deploy} bench --cache {params.cache} > {log} 2>&1"
+        "{params.deploy} bench --cache {params.cache} {params.policies} > {log} 2>&1"

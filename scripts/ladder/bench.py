@@ -76,6 +76,7 @@ def parse_result(raw: dict[str, Any]) -> dict[str, Any]:
         "request_throughput": raw["request_throughput"],
         "output_throughput": raw["output_throughput"],
         "total_token_throughput": raw["total_token_throughput"],
+        "request_goodput": raw.get("request_goodput"),  # with --goodput (the SLO) only
     }
     for m in METRICS:
         out[f"{m}_ms"] = {"mean": raw.get(f"mean_{m}_ms"), "median": raw.get(f"median_{m}_ms"),
@@ -102,7 +103,7 @@ def levels(bench: dict[str, Any]) -> list[tuple[str, float | None, int | None]]:
 
 
 def run_sweep(base_url: str, model: str, tokenizer: str, bench: dict[str, Any], key: str, out_dir: Path,
-              log: Path, run_timeout_s: float = 300) -> dict[str, dict[str, Any]]:
+              log: Path, run_timeout_s: float = 300, goodput: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """The whole sweep in one child process (deadline: run_timeout_s per run); returns {level: median run}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files: dict[str, list[Path]] = {}  # level -> its runs' result files
@@ -111,7 +112,8 @@ def run_sweep(base_url: str, model: str, tokenizer: str, bench: dict[str, Any], 
         files[label] = [out_dir / f"bench-{label}-run{i}.json" for i in range(bench["repetitions"])]
         for i, out in enumerate(files[label]):
             out.unlink(missing_ok=True)
-            plan.append(bench_args(base_url, model, tokenizer, bench, out, i, rate=rate, concurrency=conc))
+            plan.append(bench_args(base_url, model, tokenizer, bench, out, i, rate=rate, concurrency=conc,
+                                   goodput=goodput))
     plan_file = out_dir / "plan.json"
     plan_file.write_text(json.dumps(plan, indent=1))
     env = dict(os.environ, OPENAI_API_KEY=key)  # how bench serve's openai backend sends the key

@@ -38,6 +38,7 @@ from ladder import raycommand, slurm
 from ladder.goodput import tuned_serve_args
 from ladder.logs import tail
 from ladder.poll import poll, tcp_open
+from ladder.raycluster import ClusterError, RayCluster
 from ladder.sandbox import stop_pids
 from ladder.verdict import now, write_json
 from ladder.vllmserver import Server, ServerError, api_key, attempt, cpu_env, healthy, resolve_model, serve_args
@@ -45,6 +46,8 @@ from ladder.vllmserver import Server, ServerError, api_key, attempt, cpu_env, he
 JOB_NAME = "ladder-replica"
 LIVE_JOB = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
 SCRIPTS = Path(__file__).resolve().parents[1]
+# vllm-router's policies for one model (config deploy.policy, `bench --policy`).
+POLICIES = ("round_robin", "power_of_two", "random", "cache_aware")
 METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
 
 
@@ -120,10 +123,15 @@ def metrics(url: str) -> dict[str, float] | None:
 
 # ---------------------------------------------------------------- replica (inside its Slurm job)
 
-def bind_address(cfg: dict[str, Any], node: str, probe_file: Path) -> str:
+def probed(results: Path) -> dict[str, dict[str, Any]]:
+    """node -> what the probe found there (results/probe/nodes.json)."""
+    return {n["slurm_node"]: n for n in (read_json(results / "probe" / "nodes.json", {}) or {}).get("nodes", [])}
+
+
+def bind_address(cfg: dict[str, Any], node: str, results: Path) -> str:
     """The node's address on cluster.network, as the probe chose it (probed live on a node the probe never saw)."""
-    probed = {n["slurm_node"]: n for n in (read_json(probe_file, {}) or {}).get("nodes", [])}
-    if node in probed and (nic := probed[node].get("network")):
+    nodes = probed(results)
+    if node in nodes and (nic := nodes[node].get("network")):
         return str(nic["ip"])
     from ladder import probe
 
@@ -134,29 +142,65 @@ def bind_address(cfg: dict[str, Any], node: str, probe_file: Path) -> str:
     return nic["ip"]
 
 
+def replica_layout(results: Path, choice: str) -> dict[str, Any]:
+    """The validated layout every replica serves: single's (TP = a node's GPUs) or multinode's (TP x PP
+    over nodes through Ray), as their bench.json recorded it. auto: multinode's when single served a
+    proxy (the model does not fit one node), else single's (a node per replica, no Ray in the way)."""
+    single = (read_json(results / "single" / "bench.json", {}) or {}).get("metadata", {})
+    stage = ("multinode" if "proxy" in single else "single") if choice == "auto" else choice
+    plan = (read_json(results / stage / "bench.json", {}) or {}).get("metadata", {}).get("plan")
+    if not plan:
+        raise DeployError(f"deploy.layout={choice}: results/{stage}/bench.json holds no plan (run `all` first)")
+    return {"stage": stage, "tensor_parallel_size": plan["tensor_parallel_size"],
+            "pipeline_parallel_size": plan["pipeline_parallel_size"], "validated_by": f"results/{stage}/verdict.json"}
+
+
+def ray_cluster(cfg: dict[str, Any], paths: Paths, a: argparse.Namespace, job: str, tp: int) -> RayCluster:
+    """Ray over this job's nodes, addressed as the probe chose (the controller only places a
+    multi-node replica on probed nodes)."""
+    from ladder.multistage import cluster_spec
+
+    nodes, known = slurm.job_nodes(job), probed(paths.results)
+    if missing := [n for n in nodes if n not in known]:
+        raise DeployError(f"nodes {', '.join(missing)} were not probed (results/probe/nodes.json): no address")
+    where = argparse.Namespace(cache=a.cache, log_dir=paths.logs / f"replica-{job}", out_dir=paths.dir / "replicas")
+    return RayCluster(cluster_spec(cfg, where, job, nodes, known, tp))
+
+
 def replica(a: argparse.Namespace) -> int:
-    """One replica: `vllm serve` on this node until its job is cancelled; TERM drains it first."""
+    """One replica: `vllm serve` (over a Ray cluster of the job's nodes when PP > 1) until its job is
+    cancelled; TERM drains it first."""
     paths, cfg = Paths(a.results), json.loads(a.config.read_text())
     job, node = slurm.job_id(), socket.gethostname()
     report = paths.replica(job)
-    record = {"job": job, "node": node, "state": "starting", "started": now()}
+    # The cores this job may use (Slurm's cpuset, or the sandbox node's): vLLM on CPU binds within them.
+    record = {"job": job, "node": node, "state": "starting", "started": now(), "cpus": len(os.sched_getaffinity(0))}
     write_json(report, record)
     stop = {"signal": 0}
     signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
-    srv = None
+    srv, cluster = None, None
     try:
-        host = bind_address(cfg, node, paths.results / "probe" / "nodes.json")
+        host = bind_address(cfg, node, paths.results)
         port = slurm.job_ports(int(job), cfg["ray"]["port_base"], cfg["ray"]["port_range"])["serve"]
         model_path, served = resolve_model(cfg["model"], a.cache.resolve())
-        tp = max(cfg["cluster"]["gpus_per_node"], 1)
+        tp, pp = a.tp, a.pp
         env = cpu_env(a.cache.resolve()) if cfg["env"]["flavor"] == "cpu" else {}
+        if pp > 1:
+            from ladder.multistage import serve_env
+
+            cluster = ray_cluster(cfg, paths, a, job, tp)
+            record["nodes"] = cluster.spec.nodes
+            write_json(report, record)
+            cluster.start()
+            record["ray_bringup_s"] = round(cluster.wait(), 1)
+            env = serve_env(cluster.spec)
         srv = Server(model_path, served, port, key_of(cfg, paths), paths.logs / f"replica-{job}-{node}.log",
-                     args=serve_args(cfg, tp, 1, ray=False) + tuned_serve_args(paths.results, cfg["tune"])
+                     args=serve_args(cfg, tp, pp, ray=pp > 1) + tuned_serve_args(paths.results, cfg["tune"])
                      + cfg["deploy"]["extra_args"],
                      env=env, host=host)
         srv.start()
         record |= {"url": srv.base, "log": str(srv.log), "layout": {"tensor_parallel_size": tp,
-                                                                      "pipeline_parallel_size": 1}}
+                                                                      "pipeline_parallel_size": pp}}
         write_json(report, record)
         record["healthy_s"] = round(srv.wait_healthy(cfg["serve"]["health_timeout_s"]), 1)
         write_json(report, record | {"state": "healthy"})
@@ -172,12 +216,14 @@ def replica(a: argparse.Namespace) -> int:
         record |= {"state": "failed", "detail": f"vllm serve exited with {srv.proc.returncode if srv.proc else '?'}; "
                                                 f"last lines of {srv.log}:\n{tail(srv.log, 15)}"}
         return 1
-    except (ServerError, DeployError, OSError) as err:
+    except (ServerError, DeployError, ClusterError, OSError) as err:
         record |= {"state": "failed", "detail": str(err)[-3000:]}
         return 1
     finally:
         if srv:
             srv.stop()
+        if cluster:
+            cluster.stop()
         write_json(report, record | {"finished": now()})
 
 
@@ -223,8 +269,10 @@ class Controller:
 
     def sbatch(self) -> str:
         c, d = self.cfg["cluster"], self.d
-        cmd = ["sbatch", "--parsable", f"--job-name={JOB_NAME}", "--nodes=1", "--ntasks=1",
-               f"--cpus-per-task={c['cpus_per_node']}", f"--mem={c['mem_mb_per_node']}",
+        # A node of its own, all of it: on unequal nodes each replica gets what its node has.
+        lay = self.state["layout"]
+        cmd = ["sbatch", "--parsable", f"--job-name={JOB_NAME}", f"--nodes={lay['pipeline_parallel_size']}",
+               "--ntasks-per-node=1", "--exclusive", f"--mem={c['mem_mb_per_node']}",
                f"--time={d['wall_time_min']}", f"--signal=B:TERM@{d['drain_s'] + 10}",
                f"--output={self.paths.logs / 'slurm-%j.log'}", f"--chdir={self.paths.results.parent}"]
         for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"),
@@ -233,11 +281,12 @@ class Controller:
                 cmd.append(f"--{flag}={c[key]}")
         if c["gpus_per_node"]:
             cmd.append(f"--gres={slurm.gres(c)}")
-        if self.state["excluded"]:
-            cmd.append(f"--exclude={','.join(self.state['excluded'])}")
+        if avoid := sorted(set(self.state["excluded"]) | set(self.state["unprobed"])):
+            cmd.append(f"--exclude={','.join(avoid)}")
         cmd.append(f"--wrap=exec env PYTHONPATH={SCRIPTS} {sys.executable} -m ladder.deploy"
                    f" --results {self.paths.results} replica --config {self.paths.config}"
-                   f" --cache {self.state['cache']}")
+                   f" --cache {self.state['cache']} --tp {lay['tensor_parallel_size']}"
+                   f" --pp {lay['pipeline_parallel_size']}")
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
             raise DeployError(f"sbatch refused a replica: {out.stderr.strip()}")
@@ -276,7 +325,7 @@ class Controller:
             if r["state"] in ("lost", "stopped", "failed"):
                 continue
             own = read_json(self.paths.replica(job), {})
-            r["node"] = own.get("node", r["node"])
+            r["node"], r["nodes"] = own.get("node", r["node"]), own.get("nodes", r.get("nodes", []))
             slurm_state = jobs.get(job, "ENDED")
             if slurm_state not in LIVE_JOB:
                 if r["state"] == "draining":
@@ -361,6 +410,19 @@ class Controller:
 
 # ---------------------------------------------------------------- start / status / scale / stop
 
+def router_cmd(d: dict[str, Any], host: str, port: int, prom: int, policy: str, workers: list[str] = ()) -> list[str]:
+    cmd = [str(Path(sys.executable).parent / "vllm-router"), "--host", host, "--port", str(port), "--policy", policy,
+           "--prometheus-host", host, "--prometheus-port", str(prom),
+           "--health-check-interval-secs", str(d["health_interval_s"]),
+           "--health-failure-threshold", str(d["health_failures"]), "--log-level", "warning"]
+    return cmd + (["--worker-urls", *workers] if workers else [])
+
+
+def wait_router(host: str, port: int, pid: int, log: Path) -> None:
+    if not poll(lambda: tcp_open(host, port) or not alive(pid), 30) or not alive(pid):
+        raise DeployError(f"vllm-router did not listen on {host}:{port}; last lines of {log}:\n{tail(log)}")
+
+
 def start(a: argparse.Namespace) -> int:
     paths, cfg = Paths(a.results), json.loads(a.config.read_text())
     d = cfg["deploy"]
@@ -368,6 +430,10 @@ def start(a: argparse.Namespace) -> int:
     if old and alive(old.get("controller_pid")):
         raise DeployError(f"a deployment is running (controller pid {old['controller_pid']}): "
                           "`python -m ladder.deploy stop` first")
+    layout = replica_layout(paths.results, d["layout"])
+    # A replica over several nodes is addressed as the probe found them: only probed nodes for it.
+    unprobed = sorted(set(slurm.partition_nodes(cfg["cluster"]["partition"])) - set(probed(paths.results))
+                      ) if layout["pipeline_parallel_size"] > 1 else []
     for f in (paths.state, paths.events, paths.request, paths.stopped):
         f.unlink(missing_ok=True)
     paths.dir.mkdir(parents=True, exist_ok=True)
@@ -383,19 +449,14 @@ def start(a: argparse.Namespace) -> int:
     host = d["router_host"]
     port, prom = d["router_port"] or free_port(host), free_port(host)
     router_log = paths.logs / "router.log"
-    bin_dir = Path(sys.executable).parent
-    pid = spawn([str(bin_dir / "vllm-router"), "--host", host, "--port", str(port), "--policy", d["policy"],
-                 "--prometheus-host", host, "--prometheus-port", str(prom),
-                 "--health-check-interval-secs", str(d["health_interval_s"]),
-                 "--health-failure-threshold", str(d["health_failures"]), "--log-level", "warning"], router_log)
+    pid = spawn(router_cmd(d, host, port, prom, d["policy"]), router_log)
     state = {"router": {"url": f"http://{host}:{port}", "pid": pid, "metrics_port": prom, "log": str(router_log),
                         "policy": d["policy"]},
-             "target": d["replicas"], "replicas": {}, "excluded": [], "cache": str(a.cache.resolve()),
+             "target": d["replicas"], "replicas": {}, "excluded": [], "unprobed": unprobed, "layout": layout,
+             "cache": str(a.cache.resolve()),
              "started": now(), "config_hash": a.config_hash}
     write_json(paths.state, state)
-    if not poll(lambda: tcp_open(host, port) or not alive(pid), 30) or not alive(pid):
-        raise DeployError(f"vllm-router did not listen on {host}:{port}; last lines of {router_log}:\n"
-                          f"{tail(router_log)}")
+    wait_router(host, port, pid, router_log)
     controller = spawn([sys.executable, "-m", "ladder.deploy", "--results", str(paths.results), "controller"],
                        paths.logs / "controller.log")
     t0 = time.monotonic()
@@ -423,11 +484,10 @@ def start(a: argparse.Namespace) -> int:
     write_json(a.out, {
         "url": f"{state['router']['url']}/v1", "model": cfg["model"]["name"], "policy": d["policy"],
         "api_key": f"from {cfg['serve']['api_key_file'] or key_file(paths)}",
-        "replicas": [{"job": j, "node": r["node"], "url": r["url"]} for j, r in s["replicas"].items()
+        "replicas": [{"job": j, "node": r["node"], "nodes": r.get("nodes", [r["node"]]), "url": r["url"]}
+                     for j, r in s["replicas"].items()
                      if r["state"] == "serving"],
-        "layout": {"tensor_parallel_size": max(cfg["cluster"]["gpus_per_node"], 1), "pipeline_parallel_size": 1,
-                   "validated_by": "results/single/verdict.json",
-                   "tuned_args": tuned_serve_args(a.results, cfg["tune"])},
+        "layout": layout | {"tuned_args": tuned_serve_args(a.results, cfg["tune"])},
         "started": state["started"], "ready_s": round(time.monotonic() - t0, 1),
         "metrics": f"http://{host}:{prom}/metrics",
         "stop": "python -m ladder.deploy stop (or: snakemake --profile <profile> deploy_stop)"})
@@ -534,34 +594,59 @@ def stop(paths: Paths) -> dict[str, Any]:
     return result
 
 
-def bench(paths: Paths, cache: Path, timeout: float) -> dict[str, Any]:
-    """`vllm bench serve` (the bench section's levels) through the router with 1 replica, then 2 on
-    separate nodes, in one run; results/deploy/bench.json with the ratios and the run's metadata."""
+def bench(paths: Paths, cache: Path, timeout: float, policies: list[str]) -> dict[str, Any]:
+    """`vllm bench serve` (the bench section's levels, goodput under tune.slo) through the router with
+    1 replica, then 2 on separate nodes, then the 2 behind a router of each of `policies` (a router of
+    its own per policy, same replicas), in one run; results/deploy/bench.json with the ratios, the
+    goodput per policy and the run's metadata."""
     from ladder.bench import metadata, ratios, run_sweep
+    from ladder.goodput import slo_args
 
     cfg, state = read_json(paths.config), read_json(paths.state)
+    d = cfg["deploy"]
     model_path, served = resolve_model(cfg["model"], cache.resolve())
+    key, slo = key_of(cfg, paths), slo_args(cfg["tune"]["slo"])
+
+    def sweep(url: str, name: str) -> dict[str, Any]:
+        try:
+            return run_sweep(url, served, model_path, cfg["bench"], key, paths.dir / "bench-raw" / name,
+                             paths.logs / "bench.log", goodput=slo)
+        except RuntimeError as err:
+            raise DeployError(str(err)) from None
+
     results, nodes = {}, {}
     for n in (1, 2):
         scale(paths, n, timeout)
-        nodes[n] = sorted(r["node"] for r in read_json(paths.state)["replicas"].values() if r["state"] == "serving")
-        try:
-            results[str(n)] = run_sweep(state["router"]["url"], served, model_path, cfg["bench"], key_of(cfg, paths),
-                                        paths.dir / "bench-raw" / f"replicas{n}", paths.logs / "bench.log")
-        except RuntimeError as err:
-            raise DeployError(str(err)) from None
-    by_level = ratios(results["2"], results["1"])
+        serving = {j: r for j, r in read_json(paths.state)["replicas"].items() if r["state"] == "serving"}
+        nodes[n] = sorted(r["node"] for r in serving.values())
+        results[str(n)] = sweep(state["router"]["url"], f"replicas{n}")
     top = f"c{max(cfg['bench']['concurrency'])}"
+    by_policy = {}
+    for policy in policies:
+        host = d["router_host"]
+        port, prom = free_port(host), free_port(host)
+        log = paths.logs / f"router-bench-{policy}.log"
+        pid = spawn(router_cmd(d, host, port, prom, policy, [r["url"] for r in serving.values()]), log)
+        try:
+            wait_router(host, port, pid, log)
+            by_policy[policy] = sweep(f"http://{host}:{port}", f"policy-{policy}")
+        finally:
+            stop_pids([pid], 10)
+    by_level = ratios(results["2"], results["1"])
     versions = read_json(paths.results / "env" / "versions.json", {})
     meta = metadata(cfg, versions, sorted(set(nodes[1] + nodes[2])), {"replicas": [1, 2]}, state["config_hash"], served)
-    out = {"metadata": meta | {"replica_nodes": nodes, "policy": cfg["deploy"]["policy"]},
+    cpus = {r["node"]: read_json(paths.replica(j), {}).get("cpus") for j, r in serving.items()}
+    goodput = {p: r.get(top, {}).get("request_goodput") for p, r in by_policy.items()}
+    out = {"metadata": meta | {"replica_nodes": nodes, "replica_cpus": cpus, "policy": d["policy"], "slo": slo},
            "results": results, "ratios_2_over_1": by_level,
            "ratio_2_over_1": by_level.get(top, {}).get("output_throughput"),
-           "note": f"output throughput at {top}; replicas on separate nodes"
+           "policies": by_policy, "goodput_by_policy": goodput,
+           "best_policy": max(goodput, key=lambda p: goodput[p] or 0) if goodput else None,
+           "note": f"output throughput and goodput (req/s meeting {' '.join(slo)}) at {top}; replicas on separate nodes"
                    + (" of one machine sharing its cores: the ratio shows the router's overhead, not two machines' "
                       "capacity" if cfg["env"]["flavor"] == "cpu" else "")}
     write_json(paths.dir / "bench.json", out)
-    return {"ratio_2_over_1": out["ratio_2_over_1"], "by_level": by_level, "nodes": nodes}
+    return {k: out[k] for k in ("ratio_2_over_1", "goodput_by_policy", "best_policy")} | {"nodes": nodes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -576,14 +661,19 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("replica", help="(inside a replica's Slurm job)")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
     sub.add_parser("controller", help="(started by start) watchdog and scaler")
     sub.add_parser("status", help="per-replica health, load and queue (JSON)")
     p = sub.add_parser("scale", help="set the replica count and wait until that many serve")
     p.add_argument("replicas", type=int)
     p.add_argument("--timeout", type=float, default=900)
     sub.add_parser("stop", help="drain and cancel every replica, stop the router and the controller")
-    p = sub.add_parser("bench", help="vllm bench serve through the router, 1 replica then 2 (deploy/bench.json)")
+    p = sub.add_parser("bench", help="vllm bench serve through the router, 1 replica then 2, then 2 behind a "
+                                     "router of each --policy (deploy/bench.json)")
     p.add_argument("--cache", type=Path, required=True)
+    p.add_argument("--policy", action="append", default=[], choices=POLICIES, dest="policies",
+                   help="also measure the 2 replicas behind this router policy (repeatable)")
     p.add_argument("--timeout", type=float, default=900)
     a = ap.parse_args(argv)
     a.results = a.results.resolve()
@@ -597,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
             Controller(paths, read_json(paths.config)).loop()
             return 0
         result = {"status": lambda: status(paths), "scale": lambda: scale(paths, a.replicas, a.timeout),
-                  "stop": lambda: stop(paths), "bench": lambda: bench(paths, a.cache, a.timeout)}[a.cmd]()
+                  "stop": lambda: stop(paths), "bench": lambda: bench(paths, a.cache, a.timeout, a.policies)}[a.cmd]()
         print(json.dumps(result, indent=1))
         return 0
     except DeployError as err:

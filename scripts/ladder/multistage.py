@@ -121,14 +121,19 @@ class Run:
     tp: int
 
 
+def serve_env(spec: Spec) -> dict[str, str]:
+    """`vllm serve` on the head, driving the Ray cluster of `spec` over cluster.network's interface."""
+    head = spec.head
+    return spec.env | {"RAY_ADDRESS": spec.address, "VLLM_HOST_IP": spec.addrs[head],
+                       "GLOO_SOCKET_IFNAME": spec.ifaces[head], "NCCL_SOCKET_IFNAME": spec.ifaces[head]}
+
+
 def start(run: Run, pipeline: list[str]) -> Server:
     spec = run.cluster.spec
-    head = spec.head
-    env = spec.env | {"RAY_ADDRESS": spec.address, "VLLM_HOST_IP": spec.addrs[head],
-                     "GLOO_SOCKET_IFNAME": spec.ifaces[head], "NCCL_SOCKET_IFNAME": spec.ifaces[head]}
-    srv = Server(run.model_path, run.served, spec.ports["serve"], run.key, run.a.log_dir / head / "vllm-serve.log",
+    srv = Server(run.model_path, run.served, spec.ports["serve"], run.key, run.a.log_dir / spec.head / "vllm-serve.log",
                  args=serve_args(run.cfg, run.tp, len(pipeline), ray=True) + tuned_serve_args(run.a.results,
-                                                                                              run.cfg["tune"]), env=env)
+                                                                                              run.cfg["tune"]),
+                 env=serve_env(spec))
     srv.start()
     return srv
 

@@ -69,6 +69,7 @@ class Spec:
     shm_mb: int = 4096
     fabric: str = ""  # fast-fabric /24 (ib0), default 10.78.<instance>, numbered like the management one
     accounting: bool = True  # slurmdbd on a MariaDB of its own, associations, limits and QoS enforced
+    node_cpus: dict[str, int] = field(default_factory=dict)  # unequal nodes: node -> CPUs (else `cpus`)
 
     def __post_init__(self) -> None:
         self.subnet = self.subnet or f"10.77.{self.instance}"
@@ -76,6 +77,15 @@ class Spec:
 
     def node_names(self) -> list[str]:
         return [f"n{i}" for i in range(1, self.nodes + 1)]
+
+    def cpus_of(self, node: str) -> int:
+        return self.node_cpus.get(node, self.cpus)
+
+    def cpu_ids(self, node: str) -> list[int]:
+        """The host cores a node's processes may run on: a node declared smaller than the host is
+        confined to its last cores (inherited by its jobs, Ray and vLLM: a slower node for real)."""
+        host = os.cpu_count() or 1
+        return list(range(max(host - self.cpus_of(node), 0), host))
 
     def node_ip(self, i: int) -> str:
         return f"{self.subnet}.{10 + i}"
@@ -235,7 +245,8 @@ def write_configs(spec: Spec, state_dir: Path) -> Path:
         prolog.chmod(0o755)
         prolog_line = f"TaskProlog={prolog}\n"
     nodes = "\n".join(
-        f"NodeName={n} NodeAddr={spec.node_ip(i + 1)} CPUs={spec.cpus} RealMemory={spec.mem_mb}{gres} State=UNKNOWN"
+        f"NodeName={n} NodeAddr={spec.node_ip(i + 1)} CPUs={spec.cpus_of(n)} RealMemory={spec.mem_mb}{gres}"
+        " State=UNKNOWN"
         for i, n in enumerate(spec.node_names())
     )
     conf = f"""# written by ladder.sandbox; do not edit (re-run `up` with other options)
@@ -495,9 +506,11 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
         # Inside the node's own mount namespace: a private /dev/shm (separate hosts do not
         # share one) and our config at Slurm's default path, because the Snakemake
         # jobstep plugin strips SLURM_CONF before its nested srun.
+        cores = spec.cpu_ids(node)
+        confine = f"taskset -c {','.join(map(str, cores))} " if len(cores) < (os.cpu_count() or 1) else ""
         inner = (f"hostname {node} && mount -t tmpfs -o size={spec.shm_mb}m,mode=1777 ladder-shm /dev/shm"
                  f" && mount --bind {conf.parent} /etc/slurm && mount --bind {names}/hosts /etc/hosts"
-                 f" && mount --bind {names}/resolv.conf /etc/resolv.conf && exec slurmd -D -N {node}")
+                 f" && mount --bind {names}/resolv.conf /etc/resolv.conf && exec {confine}slurmd -D -N {node}")
         cmd = ["nsenter", f"--net=/run/netns/{ns_prefix(spec.instance)}{node}", "unshare", "--uts", "--mount",
                "--propagation", "private", "sh", "-c", inner]
         state.pids[f"slurmd:{node}"] = spawn(cmd, state_dir / "log" / f"slurmd-{node}.out", env)
@@ -588,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("up", help="install what is missing and start the cluster (idempotent)")
     u.add_argument("--nodes", type=int, default=2, help="slurmd nodes (default 2)")
     u.add_argument("--cpus", type=int, default=2, help="CPUs each node offers to Slurm")
+    u.add_argument("--node-cpus", action="append", default=[], metavar="NODE=N",
+                   help="a node with N CPUs instead (unequal nodes), confined to the host's last N cores")
     u.add_argument("--mem-mb", type=int, default=8000, help="memory each node offers to Slurm (MB)")
     u.add_argument("--fake-gpus", type=int, default=0, help="fake GPU gres per node (scheduling tests)")
     u.add_argument("--no-accounting", dest="accounting", action="store_false",
@@ -605,8 +620,14 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--nodes must be between 1 and 16")
         if a.fake_gpus and a.real_gpus:
             ap.error("--fake-gpus and --real-gpus exclude each other")
-        spec = Spec(nodes=a.nodes, cpus=a.cpus, mem_mb=a.mem_mb, fake_gpus=a.fake_gpus,
-                    real_gpus=a.real_gpus, subnet=a.subnet, instance=a.instance, accounting=a.accounting)
+        try:
+            node_cpus = {n: int(c) for n, c in (item.split("=", 1) for item in a.node_cpus)}
+        except ValueError:
+            ap.error(f"--node-cpus takes NODE=N, got {a.node_cpus}")
+        if unknown := set(node_cpus) - set(Spec(nodes=a.nodes).node_names()):
+            ap.error(f"--node-cpus: no node {sorted(unknown)} among n1..n{a.nodes}")
+        spec = Spec(nodes=a.nodes, cpus=a.cpus, mem_mb=a.mem_mb, fake_gpus=a.fake_gpus, real_gpus=a.real_gpus,
+                    subnet=a.subnet, instance=a.instance, accounting=a.accounting, node_cpus=node_cpus)
         try:
             up(spec, a.state, a.timeout)
         except SandboxError as err:

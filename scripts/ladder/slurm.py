@@ -39,6 +39,16 @@ def job_nodes(jid: str | None = None) -> list[str]:
     return expand_nodelist(out.stdout.strip())
 
 
+def partition_nodes(partition: str | None) -> list[str]:
+    """Every node of the partition (the default one when None)."""
+    out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N", *(["-p", partition] if partition else [])],
+                         capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:
+        raise SystemExit(f"sinfo could not list the nodes of partition {partition or '(default)'}: "
+                         f"{out.stderr.strip()}")
+    return sorted(set(out.stdout.split()))
+
+
 def gres(cluster: dict[str, Any]) -> str:
     """The per-node GPU request for the cluster section: gpu:<type>:N with cluster.gpu_type, else gpu:N."""
     kind = f"{cluster['gpu_type']}:" if cluster["gpu_type"] else ""

@@ -21,7 +21,9 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "tune": ("cluster", "env", "ray", "model", "serve", "bench", "tune"),
     "multinode": ("cluster", "env", "ray", "model", "parallel", "serve", "bench", "references", "monitor",
                   "faults", "tune"),
-    "deploy": ("cluster", "env", "ray", "model", "serve", "bench", "tune", "deploy"),
+    # deploy serves multinode's layout too (its Ray cluster: ladder.multistage).
+    "deploy": ("cluster", "env", "ray", "model", "parallel", "serve", "bench", "references", "monitor", "faults",
+               "tune", "deploy"),
 }
 # Stages not listed (the report) show the whole validated config, so depend on all of it but the
 # sections of the targets that come after `all`.

@@ -90,6 +90,35 @@ class Load:
         assert not any(th.is_alive() for th in self.threads), "a request hung past the client's timeout"
 
 
+def test_multinode_layout_replica_serves_over_ray_on_two_probed_nodes(sandbox, ladder_workdir, two_node_run):
+    """deploy.layout multinode: a replica is the validated PP=2 layout, a Ray cluster inside its own
+    2-node job (probed nodes only), behind the router; stop leaves nothing. First in the module: the
+    module's deployment below starts after it (3 sandbox nodes)."""
+    assert two_node_run.returncode == 0, two_node_run.stdout[-3000:]
+    assert not (ladder_workdir / "results" / "deploy" / "endpoint.json").exists(), "a deployment is running"
+    over = TWO | {"deploy": {"replicas": 1, "max_replicas": 1, "layout": "multinode", "drain_s": 5}}
+    try:
+        run = run_snakemake(sandbox, "deploy", overrides=over, workdir=ladder_workdir, timeout=900,
+                            env={"LADDER_API_KEY": API_KEY})
+        assert run.returncode == 0, run.stdout[-4000:]
+        endpoint = json.loads((run.results / "deploy" / "endpoint.json").read_text())
+        layout = endpoint["layout"]
+        assert (layout["stage"], layout["pipeline_parallel_size"]) == ("multinode", 2), layout
+        (replica,) = endpoint["replicas"]
+        assert sorted(replica["nodes"]) == ["n1", "n2"], replica  # the probed nodes; n3 was never probed
+        own = json.loads((run.results / "deploy" / "replicas" / f"{replica['job']}.json").read_text())
+        assert own["layout"] == {"tensor_parallel_size": 1, "pipeline_parallel_size": 2} and own["ray_bringup_s"] > 0
+        client = openai.OpenAI(base_url=endpoint["url"], api_key=API_KEY, max_retries=0, timeout=60)
+        r = client.completions.create(model="tiny", prompt="Hello", max_tokens=8)
+        assert r.usage.completion_tokens == 8
+        log = Path(own["log"]).read_text()
+        assert "pipeline_parallel_size=2" in log and "'distributed_executor_backend': 'ray'" in log
+    finally:
+        stop = run_snakemake(sandbox, "deploy_stop", overrides=over, workdir=ladder_workdir, timeout=300)
+    assert stop.returncode == 0, stop.stdout[-3000:]
+    assert sandbox.running_jobs().strip() == "" and sandbox.stray_processes() == []
+
+
 @pytest.fixture(scope="module")
 def deployment(sandbox, ladder_workdir, two_node_run):
     """`snakemake deploy` after the 2-node ladder in the same work dir; stopped (and checked) at the end."""

@@ -59,3 +59,14 @@ def test_fake_gpus_are_typed_gres(tmp_path: Path) -> None:
     assert "NodeName=n1 NodeAddr=10.77.9.11 CPUs=2 RealMemory=8000 Gres=gpu:sim:2" in conf
     gres = (tmp_path / "etc" / "gres.conf").read_text().splitlines()
     assert f"NodeName=n2 Name=gpu Type=sim File={tmp_path}/dev/n2/nvidia3" in gres
+
+
+def test_unequal_nodes_declare_and_get_fewer_cores(tmp_path: Path) -> None:
+    import os
+
+    spec = Spec(nodes=2, node_cpus={"n2": 1}, instance=9)
+    conf = write_configs(spec, tmp_path).read_text()
+    assert "NodeName=n1 NodeAddr=10.77.9.11 CPUs=2 " in conf and "NodeName=n2 NodeAddr=10.77.9.12 CPUs=1 " in conf
+    host = os.cpu_count() or 1
+    assert spec.cpu_ids("n2") == [host - 1]  # confined (taskset) to the host's last core
+    assert spec.cpu_ids("n1") == list(range(max(host - 2, 0), host))

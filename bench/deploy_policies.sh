@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Router policies on unequal nodes: a 2-node sandbox whose n2 has 1 core (n1: 2), the deployment
+# started (ladder.deploy start), then `ladder.deploy bench` (1 replica, 2 replicas, and the 2 behind a
+# router of each policy, goodput under the SLO below), in one run; the result, with its metadata and
+# the sandbox's shape, goes to bench/results/deploy-policies/bench.json.
+#
+#   bash bench/deploy_policies.sh [instance]      (default 3; needs the tiny model in .cache, i.e. a run before)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+inst="${1:-3}"
+work="$(mktemp -d /tmp/ladder-policies.XXXX)"
+state="$PWD/.sandbox$inst"
+py="$PWD/.venv/bin/python"
+export PATH="$PWD/.venv/bin:$PATH" SLURM_CONF="$state/etc/slurm.conf"
+"$py" -m ladder.sandbox --instance "$inst" --state "$state" up --nodes 2 --node-cpus n2=1
+trap '"$py" -m ladder.deploy --results "$work/results" stop >/dev/null 2>&1 || true;
+      "$py" -m ladder.sandbox --instance "$inst" --state "$state" down' EXIT
+cat >"$work/config.yaml" <<EOF
+cluster: {nodes: 2, cpus_per_node: 1}
+tune: {enabled: false, slo: {ttft_ms: 1000, tpot_ms: 50, percentile: 90}}
+bench: {num_prompts: 32, concurrency: [2, 8], rates: [], repetitions: 2, input_len: 64, output_len: 32}
+deploy: {replicas: 1, min_replicas: 1, max_replicas: 2, scale_up_waiting: 1000, scale_down_idle_s: 100000}
+EOF
+# The deploy section as the rule would pass it (validated, defaults filled), without the stages before it.
+snakemake -s "$PWD/Snakefile" --directory "$work" --configfile "$work/config.yaml" -c1 \
+    results/.config/deploy.json >"$work/config.log" 2>&1 || { tail -20 "$work/config.log"; exit 1; }
+cd "$work"
+"$py" -m ladder.deploy start --config results/.config/deploy.json --cache "$OLDPWD/.cache" \
+    --out results/deploy/endpoint.json
+"$py" -m ladder.deploy bench --cache "$OLDPWD/.cache" --policy round_robin --policy power_of_two --policy cache_aware
+mkdir -p "$OLDPWD/bench/results/deploy-policies"
+cp results/deploy/bench.json "$OLDPWD/bench/results/deploy-policies/bench.json"
+echo "written: bench/results/deploy-policies/bench.json (work dir $work)"
