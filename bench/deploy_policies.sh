@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Router policies on unequal nodes: a 2-node sandbox whose n2 has 1 core (n1: 2), the deployment
-# started (ladder.deploy start), then `ladder.deploy bench` (1 replica, 2 replicas, and the 2 behind a
+# Router policies on unequal nodes: a 2-node sandbox whose n2 has 1 core (n1: 2), the ladder up to
+# single there, the deployment started (ladder.deploy start), then `ladder.deploy bench` (1 replica, 2 replicas, and the 2 behind a
 # router of each policy, goodput under the SLO below), in one run; the result, with its metadata and
 # the sandbox's shape, goes to bench/results/deploy-policies/bench.json.
 #
@@ -17,13 +17,15 @@ trap '"$py" -m ladder.deploy --results "$work/results" stop >/dev/null 2>&1 || t
       "$py" -m ladder.sandbox --instance "$inst" --state "$state" down' EXIT
 cat >"$work/config.yaml" <<EOF
 cluster: {nodes: 2, cpus_per_node: 1}
-tune: {enabled: false, slo: {ttft_ms: 1000, tpot_ms: 50, percentile: 90}}
+env: {prefix: "$PWD/.venv"}
+tune: {enabled: false, slo: {ttft_ms: 300, tpot_ms: 15, percentile: 90}}
 bench: {num_prompts: 32, concurrency: [2, 8], rates: [], repetitions: 2, input_len: 64, output_len: 32}
 deploy: {replicas: 1, min_replicas: 1, max_replicas: 2, scale_up_waiting: 1000, scale_down_idle_s: 100000}
 EOF
-# The deploy section as the rule would pass it (validated, defaults filled), without the stages before it.
-snakemake -s "$PWD/Snakefile" --directory "$work" --configfile "$work/config.yaml" -c1 \
-    results/.config/deploy.json >"$work/config.log" 2>&1 || { tail -20 "$work/config.log"; exit 1; }
+# The ladder up to single (the layout a replica serves, validated on these nodes) and deploy's config
+# as the rule passes it; multinode is not needed for single-node replicas.
+snakemake -s "$PWD/Snakefile" --directory "$work" --configfile "$work/config.yaml" --profile profiles/sandbox \
+    results/single/verdict.json results/.config/deploy.json >"$work/ladder.log" 2>&1 || { tail -30 "$work/ladder.log"; exit 1; }
 cd "$work"
 "$py" -m ladder.deploy start --config results/.config/deploy.json --cache "$OLDPWD/.cache" \
     --out results/deploy/endpoint.json

@@ -1,8 +1,9 @@
 """Target deploy: what the ladder validated, kept running as a service.
 
 `start` (rule deploy) starts vllm-router on the submit host and a controller beside it. The
-controller submits `deploy.replicas` Slurm jobs, each serving the single stage's validated layout
-(TP = the node's GPUs) on a node of its own; registers a replica with the router once it is
+controller submits `deploy.replicas` Slurm jobs, each serving a validated layout on a node group of
+its own (deploy.layout: single's, TP = a node's GPUs; or multinode's, TP x PP over nodes with a Ray
+cluster inside the job); registers a replica with the router once it is
 healthy; takes it out within seconds when its job ends or its /health stops answering (watchdog)
 and, with deploy.restart, starts a replacement on the nodes that remain; and moves the replica
 count between deploy.min_replicas and max_replicas by queue depth (scaler). `start` returns once
@@ -596,9 +597,9 @@ def stop(paths: Paths) -> dict[str, Any]:
 
 def bench(paths: Paths, cache: Path, timeout: float, policies: list[str]) -> dict[str, Any]:
     """`vllm bench serve` (the bench section's levels, goodput under tune.slo) through the router with
-    1 replica, then 2 on separate nodes, then the 2 behind a router of each of `policies` (a router of
-    its own per policy, same replicas), in one run; results/deploy/bench.json with the ratios, the
-    goodput per policy and the run's metadata."""
+    1 replica, then 2 on separate nodes, then the 2 behind a router of each of `policies` (one of its
+    own per policy, same replicas; the policies twice, in mirrored order, so drift over the run favours
+    none), in one run; results/deploy/bench.json with the ratios, the goodput per policy, metadata."""
     from ladder.bench import metadata, ratios, run_sweep
     from ladder.goodput import slo_args
 
@@ -606,10 +607,14 @@ def bench(paths: Paths, cache: Path, timeout: float, policies: list[str]) -> dic
     d = cfg["deploy"]
     model_path, served = resolve_model(cfg["model"], cache.resolve())
     key, slo = key_of(cfg, paths), slo_args(cfg["tune"]["slo"])
+    sweeps: list[str] = []
 
     def sweep(url: str, name: str) -> dict[str, Any]:
+        # Fresh prompts per sweep: a later sweep must not hit what an earlier one left in a prefix cache.
+        sweeps.append(name)
+        workload = cfg["bench"] | {"seed": cfg["bench"]["seed"] + 1000 * len(sweeps)}
         try:
-            return run_sweep(url, served, model_path, cfg["bench"], key, paths.dir / "bench-raw" / name,
+            return run_sweep(url, served, model_path, workload, key, paths.dir / "bench-raw" / name,
                              paths.logs / "bench.log", goodput=slo)
         except RuntimeError as err:
             raise DeployError(str(err)) from None
@@ -621,30 +626,32 @@ def bench(paths: Paths, cache: Path, timeout: float, policies: list[str]) -> dic
         nodes[n] = sorted(r["node"] for r in serving.values())
         results[str(n)] = sweep(state["router"]["url"], f"replicas{n}")
     top = f"c{max(cfg['bench']['concurrency'])}"
-    by_policy = {}
-    for policy in policies:
+    by_policy: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+    for policy in policies + policies[::-1]:
         host = d["router_host"]
         port, prom = free_port(host), free_port(host)
         log = paths.logs / f"router-bench-{policy}.log"
         pid = spawn(router_cmd(d, host, port, prom, policy, [r["url"] for r in serving.values()]), log)
         try:
             wait_router(host, port, pid, log)
-            by_policy[policy] = sweep(f"http://{host}:{port}", f"policy-{policy}")
+            by_policy[policy].append(sweep(f"http://{host}:{port}", f"policy-{policy}-{len(by_policy[policy]) + 1}"))
         finally:
             stop_pids([pid], 10)
     by_level = ratios(results["2"], results["1"])
     versions = read_json(paths.results / "env" / "versions.json", {})
     meta = metadata(cfg, versions, sorted(set(nodes[1] + nodes[2])), {"replicas": [1, 2]}, state["config_hash"], served)
     cpus = {r["node"]: read_json(paths.replica(j), {}).get("cpus") for j, r in serving.items()}
-    goodput = {p: r.get(top, {}).get("request_goodput") for p, r in by_policy.items()}
-    out = {"metadata": meta | {"replica_nodes": nodes, "replica_cpus": cpus, "policy": d["policy"], "slo": slo},
+    goodput = {p: round(sum(r[top]["request_goodput"] or 0 for r in runs) / len(runs), 3)
+               for p, runs in by_policy.items()}
+    out = {"metadata": meta | {"replica_nodes": nodes, "replica_cpus": cpus, "policy": d["policy"], "slo": slo,
+                               "sweeps": sweeps},
            "results": results, "ratios_2_over_1": by_level,
            "ratio_2_over_1": by_level.get(top, {}).get("output_throughput"),
            "policies": by_policy, "goodput_by_policy": goodput,
-           "best_policy": max(goodput, key=lambda p: goodput[p] or 0) if goodput else None,
-           "note": f"output throughput and goodput (req/s meeting {' '.join(slo)}) at {top}; replicas on separate nodes"
-                   + (" of one machine sharing its cores: the ratio shows the router's overhead, not two machines' "
-                      "capacity" if cfg["env"]["flavor"] == "cpu" else "")}
+           "best_policy": max(goodput, key=lambda p: goodput[p]) if goodput else None,
+           "note": f"goodput: req/s meeting {' '.join(slo)} at {top}, mean of each policy's two sweeps; replicas on "
+                   "separate nodes" + (" of one machine sharing its cores: the ratio shows the router's overhead, not "
+                                       "two machines' capacity" if cfg["env"]["flavor"] == "cpu" else "")}
     write_json(paths.dir / "bench.json", out)
     return {k: out[k] for k in ("ratio_2_over_1", "goodput_by_policy", "best_policy")} | {"nodes": nodes}
 
