@@ -40,9 +40,17 @@ def repo_config() -> dict[str, Any]:
     return yaml.safe_load((ROOT / "config" / "config.yaml").read_text()) or {}
 
 
+# vLLM's graphs traced by Dynamo but run by its eager backend, not compiled by Inductor: a start with a
+# new model or pipeline shape takes ~12 s of compile warm-up instead of ~50 s on 2 cores (measured on
+# the mistral family test), and the tests start many. Not --enforce-eager / -O0: with compilation off,
+# PP=2 over Ray on CPU fails at the first request (vLLM 0.32; see test_families.py).
+TEST_SERVE_ARGS = ["--compilation-config.backend=eager"]
+
+
 def make_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The repo's config + overrides, with env.prefix absolute (the repo's .venv)."""
+    """The repo's config + the tests' serve args + overrides, with env.prefix absolute (the repo's .venv)."""
     cfg = repo_config()
+    cfg.setdefault("serve", {})["extra_args"] = [*cfg.get("serve", {}).get("extra_args", []), *TEST_SERVE_ARGS]
     update_config(cfg, overrides or {})
     prefix = Path(cfg.get("env", {}).get("prefix", ".venv"))
     cfg.setdefault("env", {})["prefix"] = str(prefix if prefix.is_absolute() else ROOT / prefix)

@@ -28,10 +28,7 @@ pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 # intermediate tensors; EngineCore KeyError on the request id).
 SMALL = {"cluster": {"nodes": 2}, "bench": {"num_prompts": 4, "concurrency": [1], "rates": [], "repetitions": 1,
                                            "input_len": 32, "output_len": 16},
-         "model": {"tiny_layers": 4}, "tune": {"enabled": False},
-         # No torch.compile: each family and pipeline shape would compile its own graphs (~50 s a start
-         # on 2 cores); what these tests prove (the family loads, splits, agrees) does not need them.
-         "serve": {"extra_args": ["--optimization-level=0"]}}
+         "model": {"tiny_layers": 4}, "tune": {"enabled": False}}
 TARGET = "results/multinode/verdict.json"
 
 # What a new user does: a Llama config, random init, save_pretrained; the tokenizer of ladder's tiny model.
