@@ -168,7 +168,7 @@ def test_queue_depth_scales_up_and_the_new_replica_takes_traffic(deployment, cli
     new = max(added.values(), key=lambda r: r["submitted"])
 
     def served_by_new() -> bool:
-        client.completions.create(model="tiny", prompt="Hello", max_tokens=4)  # 2 replicas, both idle: either
+        client.completions.create(model="tiny", prompt="Hello", max_tokens=4)  # round robin over both
         text = httpx2.get(f"{new['url']}/metrics", timeout=5).text
         return any(line.startswith("vllm:request_success_total") and float(line.split()[-1]) > 0
                    for line in text.splitlines())
