@@ -169,16 +169,18 @@ RunDag = Callable[..., DagRun]
 
 def run_snakemake(sandbox: Sandbox, *targets: str, workdir: Path, overrides: dict[str, Any] | None = None,
                   config: dict[str, Any] | None = None, timeout: float = 600, extra: tuple[str, ...] = (),
-                  env: dict[str, str] | None = None) -> DagRun:
-    """``snakemake --profile profiles/sandbox TARGETS`` in ``workdir`` with the repo's config + overrides
-    (or config= whole); extra are more snakemake arguments; env adds variables. Module fixtures share
-    one run between tests through this."""
+                  env: dict[str, str] | None = None, profile: str = "sandbox",
+                  configfiles: tuple[Path, ...] = ()) -> DagRun:
+    """``snakemake --profile profiles/<profile> TARGETS`` in ``workdir`` with the repo's config + overrides
+    (or config= whole), then `configfiles` on top; extra are more snakemake arguments; env adds
+    variables. Module fixtures share one run between tests through this."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = config if config is not None else make_config(overrides)
     cfg_file = workdir / "test-config.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
     cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(cfg_file), "--profile", str(ROOT / "profiles" / "sandbox"), *extra, *targets]
+           "--configfile", str(cfg_file), *map(str, configfiles), "--profile", str(ROOT / "profiles" / profile),
+           *extra, *targets]
     t0 = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=workdir, env=sandbox.env(**(env or {})), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
