@@ -40,6 +40,7 @@ from ladder.goodput import tuned_serve_args
 from ladder.logs import tail
 from ladder.poll import poll, tcp_open
 from ladder.raycluster import ClusterError, RayCluster
+from ladder.raynode import clean_shm
 from ladder.sandbox import stop_pids
 from ladder.verdict import now, write_json
 from ladder.vllmserver import Server, ServerError, api_key, attempt, cpu_env, healthy, resolve_model, serve_args
@@ -172,7 +173,7 @@ def replica(a: argparse.Namespace) -> int:
     """One replica: `vllm serve` (over a Ray cluster of the job's nodes when PP > 1) until its job is
     cancelled; TERM drains it first."""
     paths, cfg = Paths(a.results), json.loads(a.config.read_text())
-    job, node = slurm.job_id(), socket.gethostname()
+    job, node, t0 = slurm.job_id(), socket.gethostname(), time.time()
     report = paths.replica(job)
     # The cores this job may use (Slurm's cpuset, or the sandbox node's): vLLM on CPU binds within them.
     record = {"job": job, "node": node, "state": "starting", "started": now(), "cpus": len(os.sched_getaffinity(0))}
@@ -225,6 +226,8 @@ def replica(a: argparse.Namespace) -> int:
             srv.stop()
         if cluster:
             cluster.stop()
+        # What the server left in the node's /dev/shm (the job has the node to itself: --exclusive).
+        record["shm_removed"] = clean_shm(t0)
         write_json(report, record | {"finished": now()})
 
 

@@ -80,6 +80,14 @@ def cpu_env(cache: Path) -> dict[str, str]:
             "VLLM_USE_AOT_COMPILE": "0"}
 
 
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
 def healthy(base: str, timeout: float = 5) -> bool:
     """A vLLM server at base answers /health (no key needed there)."""
     try:
@@ -160,7 +168,10 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
-        # Engine processes live in the same session; make sure none is left.
+        # Engine processes live in the same session: let them finish their own shutdown (it unlinks
+        # their /dev/shm segments; a SIGKILL right after the API server exits left them behind), then
+        # make sure none is left.
+        poll(lambda: not group_alive(self.proc.pid), grace, max_delay=0.5)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 
