@@ -179,7 +179,11 @@ def replica(a: argparse.Namespace) -> int:
     record = {"job": job, "node": node, "state": "starting", "started": now(), "cpus": len(os.sched_getaffinity(0))}
     write_json(report, record)
     stop = {"signal": 0}
-    signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
+
+    def on_term(signum: int, _frame: Any) -> None:
+        stop.update(signal=signum)
+
+    signal.signal(signal.SIGTERM, on_term)
     srv, cluster = None, None
     try:
         host = bind_address(cfg, node, paths.results)
@@ -195,6 +199,12 @@ def replica(a: argparse.Namespace) -> int:
             write_json(report, record)
             cluster.start()
             record["ray_bringup_s"] = round(cluster.wait(), 1)
+            import ray
+
+            # This driver's connection goes (vLLM's own connects next), and with it the SIGTERM handler
+            # ray.init installed over ours: the replica must still drain on TERM.
+            ray.shutdown()
+            signal.signal(signal.SIGTERM, on_term)
             env = serve_env(cluster.spec)
         srv = Server(model_path, served, port, key_of(cfg, paths), paths.logs / f"replica-{job}-{node}.log",
                      args=serve_args(cfg, tp, pp, ray=pp > 1) + tuned_serve_args(paths.results, cfg["tune"])
@@ -579,7 +589,9 @@ def stop(paths: Paths) -> dict[str, Any]:
     if jobs:
         # TERM to the replica's own process: it lets in-flight requests finish (deploy.drain_s).
         subprocess.run(["scancel", "--batch", "--signal=TERM", *jobs], capture_output=True, timeout=30)
-        if not poll(lambda: not queued(), cfg["deploy"]["drain_s"] + 20, max_delay=1):
+        # Draining, then the server's and (multi-node replicas) Ray's own shutdown (Server.stop's and
+        # RayCluster.stop's graces) before the jobs are cancelled outright.
+        if not poll(lambda: not queued(), cfg["deploy"]["drain_s"] + 90, max_delay=1):
             subprocess.run(["scancel", *jobs], capture_output=True, timeout=30)
             poll(lambda: not queued(), 60, max_delay=1)
     stop_pids([s["router"]["pid"]], grace=20)

@@ -118,6 +118,9 @@ def test_multinode_layout_replica_serves_over_ray_on_two_probed_nodes(sandbox, l
         stop = run_snakemake(sandbox, "deploy_stop", overrides=over, workdir=ladder_workdir, timeout=300)
     assert stop.returncode == 0, stop.stdout[-3000:]
     assert sandbox.running_jobs().strip() == "" and sandbox.stray_processes() == []
+    # It drained and stopped its server and Ray itself, not killed by the job's cancellation.
+    own = json.loads((ladder_workdir / "results" / "deploy" / "replicas" / f"{replica['job']}.json").read_text())
+    assert own["state"] == "stopped" and "finished" in own, own
 
 
 @pytest.fixture(scope="module")
