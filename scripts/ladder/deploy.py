@@ -48,7 +48,8 @@ from ladder.vllmserver import Server, ServerError, api_key, attempt, cpu_env, he
 JOB_NAME = "ladder-replica"
 LIVE_JOB = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
 SCRIPTS = Path(__file__).resolve().parents[1]
-# vllm-router's policies for one model (config deploy.policy, `bench --policy`).
+# vllm-router's policies for one model that `bench --policy` compares (deploy.policy offers these
+# but power_of_two, which vllm-router cannot start without 2 workers: config/schema.yaml).
 POLICIES = ("round_robin", "power_of_two", "random", "cache_aware")
 METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
 
