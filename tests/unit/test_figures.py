@@ -143,3 +143,48 @@ def test_rounds_to_the_shown_precision(value, figure, ok):
 def test_numbers_skip_versions_dates_and_names():
     got = [m.group(0) for m in NUMBER.finditer("vLLM 0.26.0 on 2026-11-28 at 14:33:43, n1 c16 PP=2: 204.2 tok/s.")]
     assert got == ["204.2"]
+
+
+# Independent references (issue 19, item 5): an overlay's reference is a value of an EARLIER committed run,
+# named key by key in <judged run>/references.json, and the run it judges shows pass/fail for every one.
+PROVENANCE = sorted((ROOT / "gpu" / "results").glob("*/references.json"))
+DERIVED = {"(1000 / tpot_ms) / (hbm_gb_s * 1e9 / (weights_gib * 2**30))":
+           lambda tpot_ms, hbm_gb_s, weights_gib: (1000 / tpot_ms) / (hbm_gb_s * 1e9 / (weights_gib * 2**30))}
+
+
+def source_value(spec: dict[str, Any], judged: Path) -> float:
+    if "derived" in spec:
+        assert spec["derived"] in DERIVED, f"unknown derivation {spec['derived']!r}"
+        return DERIVED[spec["derived"]](**{k: source_value(s, judged) for k, s in spec["inputs"].items()})
+    path = ROOT / spec["from"]
+    assert path.is_file(), f"reference source {spec['from']} is not committed"
+    assert judged not in path.parents, f"{spec['from']} is the judged run's own artefact, not an earlier one"
+    return lookup(json.loads(path.read_text()), spec["key"])
+
+
+@pytest.mark.parametrize("prov", PROVENANCE, ids=[p.parent.name for p in PROVENANCE])
+def test_gpu_references_come_from_an_earlier_run(prov):
+    import yaml
+
+    spec = json.loads(prov.read_text())
+    refs = yaml.safe_load((ROOT / spec["overlay"]).read_text())["references"][spec["cluster"]]
+    assert set(refs) == set(spec["references"]), "every reference of the overlay names its source, and only those"
+    wrong = []
+    for metric, (value, *_rest) in refs.items():
+        got = source_value(spec["references"][metric], prov.parent)
+        if not rounds_to(got, Decimal(str(value))):
+            wrong.append(f"{metric}: overlay {value}, source {got}")
+    assert not wrong, wrong
+
+
+@pytest.mark.parametrize("prov", PROVENANCE, ids=[p.parent.name for p in PROVENANCE])
+def test_judged_run_shows_pass_or_fail_for_every_performance_check(prov):
+    spec = json.loads(prov.read_text())
+    verdicts = sorted(prov.parent.glob("*/verdict.json"))
+    if not verdicts:
+        pytest.skip(f"{prov.parent.name}: not run yet")
+    checks = {c["name"]: c for v in verdicts for c in json.loads(v.read_text())["checks"]
+              if c["name"].startswith("perf:")}
+    assert {f"perf:{m}" for m in spec["references"]} <= set(checks), "a reference the run did not check"
+    undecided = [n for n, c in checks.items() if c["ok"] not in (True, False)]
+    assert not undecided, f"performance checks without a reference (neither pass nor fail): {undecided}"

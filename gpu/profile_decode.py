@@ -1,0 +1,366 @@
+#!/usr/bin/env python3
+"""Where single-stream decode time goes: vLLM's own torch profiler around one request (issue 19, item 2).
+
+Runs ON THE GPU MACHINE after `gpu/run_ladder.sh` (its /tmp/venv and model), outside Slurm:
+
+    /tmp/venv/bin/python gpu/profile_decode.py run config/gpu/h200-tune.yaml --out $OUT/profile-bf16
+    python3 gpu/profile_decode.py analyze TRACE.pt.trace.json.gz [--config-json M/config.json] > summary.json
+
+`run` starts `vllm serve` with the overlay's model and the ladder's own flags (ladder.vllmserver.serve_args,
+as the single stage does) plus `--profiler-config` (torch profiler, no stacks or shapes), sends warm-up
+requests, one measured request, then `/start_profile`, one request of the same shape (512 prompt
+tokens, 128 output tokens, greedy, ignore_eos), `/stop_profile`, stops the server and summarises the
+trace into `<out>/summary.json` (the trace itself stays in /tmp: it is tens of MB).
+
+`analyze` (pure, stdlib only) splits the trace into engine steps by vLLM's `gpu_model_runner: forward`
+ranges (the CPU range's CUDA runtime calls -> their kernels by correlation id), takes the steps after the
+request's prefill as decode, and reports per decode step: the period (first kernel to the next step's
+first kernel), GPU busy time (union of kernels), idle time, kernel time by category (GEMM, attention,
+norm/activation/elementwise, FP8 activation quantization, sampling, memcpy, other) and by vLLM phase,
+gaps between kernels by size, the top kernels, vLLM's CPU ranges and the CUDA runtime calls. With the
+model's config.json it adds the bytes the GEMMs read per step and their effective bandwidth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import gzip
+import json
+import os
+import re
+import signal
+import statistics
+import sys
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+GIB = 2**30
+FORWARD = "gpu_model_runner: forward"
+
+# Order matters: FlashAttention kernels are cutlass kernels too; cutlass FP8 GEMMs contain "fp8".
+CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
+    ("attention", re.compile(r"flash|fmha|attn|attention|reshape_and_cache|paged|concat_and_cache", re.I)),
+    ("gemm", re.compile(r"gemm|nvjet|cutlass|xmma|cublas|matmul|scaled_mm|wgmma|splitk|gemv", re.I)),
+    ("fp8_quant", re.compile(r"quant|fp8|float8|e4m3|scaled_fp8", re.I)),
+    ("sampling", re.compile(r"sampl|topk|top_k|top_p|softmax|argmax|argsort|sort|gumbel|exponential|penalt|"
+                            r"logprob|multinomial|ArgMax|MaxOps", re.I)),
+    ("norm_act", re.compile(r"rms|norm|silu|act_and_mul|gelu|rotary|rope|triton_|elementwise|vectorized|"
+                            r"add|mul|copy|fill|index|embedding|cat|gather|scatter|where|reduce", re.I)),
+]
+
+
+def category(name: str, cat: str) -> str:
+    if cat == "gpu_memcpy":
+        return "memcpy"
+    if cat == "gpu_memset":
+        return "memset"
+    for label, pattern in CATEGORIES:
+        if pattern.search(name):
+            return label
+    return "other"
+
+
+def load_trace(path: Path) -> dict[str, Any]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as fh:
+        return json.load(fh)
+
+
+def union_us(intervals: list[tuple[float, float]]) -> float:
+    """Total length of the union of [start, end) intervals."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total
+
+
+def short(name: str, n: int = 140) -> str:
+    return name if len(name) <= n else name[: n - 3] + "..."
+
+
+def gemm_bytes_per_step(cfg: dict[str, Any], fp8: bool) -> dict[str, float]:
+    """Bytes the linear layers (q, k, v, o, gate, up, down per layer, plus lm_head) read per decode step.
+
+    The input embedding is not among them (one row per token), though vLLM's loaded weights count it.
+    Online FP8 quantizes the decoder's linear layers; lm_head stays in the model dtype (2 bytes)."""
+    cfg = cfg.get("text_config", cfg)
+    h, inter, layers, vocab = (int(cfg[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                     "vocab_size"))
+    heads = int(cfg["num_attention_heads"])
+    kv = int(cfg.get("num_key_value_heads", heads))
+    head_dim = int(cfg.get("head_dim") or h // heads)
+    per_layer = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * inter
+    layer_bytes = layers * per_layer * (1 if fp8 else 2)
+    lm_head = vocab * h * 2
+    embed = vocab * h * 2
+    return {"decoder_linear_gib": round(layer_bytes / GIB, 3), "lm_head_gib": round(lm_head / GIB, 3),
+            "gemm_read_gib_per_step": round((layer_bytes + lm_head) / GIB, 3),
+            "input_embedding_gib_not_read": round(embed / GIB, 3)}
+
+
+def analyze(trace: dict[str, Any], model_cfg: dict[str, Any] | None = None, fp8: bool = False,
+            hbm_gb_s: float | None = None) -> dict[str, Any]:
+    ev = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
+    gpu = sorted((e for e in ev if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")), key=lambda e: e["ts"])
+    if not gpu:
+        raise ValueError("no GPU kernels in the trace")
+    runtime = sorted((e for e in ev if e.get("cat") in ("cuda_runtime", "cuda_driver")), key=lambda e: e["ts"])
+    annotations = [e for e in ev if e.get("cat") == "user_annotation"]
+    by_thread: dict[tuple[Any, Any], list[dict[str, Any]]] = defaultdict(list)
+    for r in runtime:
+        by_thread[(r.get("pid"), r.get("tid"))].append(r)
+    starts = {k: [r["ts"] for r in v] for k, v in by_thread.items()}
+
+    def correlations(rng: dict[str, Any]) -> set[int]:
+        key = (rng.get("pid"), rng.get("tid"))
+        rs, ts = by_thread.get(key, []), starts.get(key, [])
+        i, j = bisect.bisect_left(ts, rng["ts"]), bisect.bisect_right(ts, rng["ts"] + rng["dur"])
+        return {r["args"]["correlation"] for r in rs[i:j] if "correlation" in r.get("args", {})}
+
+    # vLLM's phases: each CPU range's kernels, by correlation id.
+    phase_of: dict[int, str] = {}
+    for a in annotations:
+        if a["name"].startswith("gpu_model_runner: "):
+            for c in correlations(a):
+                phase_of.setdefault(c, a["name"].removeprefix("gpu_model_runner: "))
+    forwards = sorted((a for a in annotations if a["name"] == FORWARD), key=lambda a: a["ts"])
+    step_first: list[float] = []  # GPU start of each engine step's first forward kernel
+    step_gpu_us: list[float] = []
+    for f in forwards:
+        corr = correlations(f)
+        ks = [k for k in gpu if k.get("args", {}).get("correlation") in corr]
+        if ks:
+            step_first.append(min(k["ts"] for k in ks))
+            step_gpu_us.append(sum(k["dur"] for k in ks))
+    out: dict[str, Any] = {"kernels_in_trace": len(gpu), "forward_ranges": len(forwards),
+                           "steps_with_kernels": len(step_first)}
+    # The request's prefill is the first step (it does far more work); the decode steps follow it.
+    if len(step_first) >= 3:
+        med = statistics.median(step_gpu_us)
+        first_decode = 1 if step_gpu_us[0] > 1.5 * med else 0
+        out["prefill_steps_dropped"] = first_decode
+        out["prefill_forward_kernel_ms"] = round(step_gpu_us[0] / 1000, 3) if first_decode else None
+        lo = step_first[first_decode]
+        hi = max(k["ts"] + k["dur"] for k in gpu)
+        decode_steps = len(step_first) - first_decode
+        periods = [b - a for a, b in zip(step_first[first_decode:], step_first[first_decode + 1:], strict=False)]
+        out["step_period_ms_median"] = round(statistics.median(periods) / 1000, 4) if periods else None
+        out["step_period_ms_mean"] = round(statistics.fmean(periods) / 1000, 4) if periods else None
+    else:  # no vLLM ranges: the whole GPU window
+        lo, hi = gpu[0]["ts"], max(k["ts"] + k["dur"] for k in gpu)
+        decode_steps = max(len(step_first), 1)
+        out["prefill_steps_dropped"] = 0
+    win = [k for k in gpu if k["ts"] >= lo and k["ts"] < hi]
+    window_us = hi - lo
+    busy_us = union_us([(k["ts"], k["ts"] + k["dur"]) for k in win])
+    out["decode_steps"] = decode_steps
+    out["decode_window_ms"] = round(window_us / 1000, 3)
+    per_step = window_us / decode_steps
+    out["per_step"] = {"wall_ms": round(per_step / 1000, 4), "gpu_busy_ms": round(busy_us / decode_steps / 1000, 4),
+                       "gpu_idle_ms": round((window_us - busy_us) / decode_steps / 1000, 4),
+                       "gpu_busy_share": round(busy_us / window_us, 4),
+                       "kernels": round(len(win) / decode_steps, 1)}
+    cats: dict[str, float] = defaultdict(float)
+    phases: dict[str, float] = defaultdict(float)
+    kernels: dict[str, dict[str, Any]] = {}
+    for k in win:
+        phase = phase_of.get(k.get("args", {}).get("correlation"), "none")
+        c = category(k["name"], k["cat"])
+        if phase == "sample" and c in ("norm_act", "other"):
+            c = "sampling"
+        cats[c] += k["dur"]
+        phases[phase] += k["dur"]
+        s = kernels.setdefault(k["name"], {"category": c, "count": 0, "total_us": 0.0})
+        s["count"] += 1
+        s["total_us"] += k["dur"]
+    ranked = sorted(cats.items(), key=lambda x: -x[1])
+    out["kernel_ms_per_step"] = {c: round(v / decode_steps / 1000, 4) for c, v in ranked}
+    out["kernel_share_of_step_wall"] = {c: round(v / window_us, 4) for c, v in ranked}
+    out["kernel_ms_per_step_by_vllm_phase"] = {p: round(v / decode_steps / 1000, 4) for p, v in
+                                               sorted(phases.items(), key=lambda x: -x[1])}
+    # Gaps between one kernel's end and the next one's start (GPU idle), by size.
+    buckets = {"lt_2us": 0.0, "2_10us": 0.0, "10_50us": 0.0, "50_200us": 0.0, "ge_200us": 0.0}
+    counts = dict.fromkeys(buckets, 0)
+    end = win[0]["ts"] + win[0]["dur"] if win else lo
+    for k in win[1:]:
+        g = k["ts"] - end
+        if g > 0:
+            b = ("lt_2us" if g < 2 else "2_10us" if g < 10 else "10_50us" if g < 50 else "50_200us" if g < 200
+                 else "ge_200us")
+            buckets[b] += g
+            counts[b] += 1
+        end = max(end, k["ts"] + k["dur"])
+    out["gaps_ms_per_step"] = {b: round(v / decode_steps / 1000, 4) for b, v in buckets.items()}
+    out["gaps_per_step"] = {b: round(v / decode_steps, 2) for b, v in counts.items()}
+    top = sorted(kernels.items(), key=lambda x: -x[1]["total_us"])[:15]
+    out["top_kernels"] = [{"name": short(n), "category": s["category"], "per_step": round(s["count"] / decode_steps, 2),
+                           "us_per_step": round(s["total_us"] / decode_steps, 2),
+                           "mean_us": round(s["total_us"] / s["count"], 2)} for n, s in top]
+    # CPU side inside the decode window: vLLM's ranges and the CUDA runtime calls.
+    cpu: dict[str, list[float]] = defaultdict(list)
+    for a in annotations:
+        if lo - 50_000 <= a["ts"] <= hi:
+            cpu[a["name"]].append(a["dur"])
+    out["cpu_ranges"] = {n: {"count": len(d), "mean_ms": round(statistics.fmean(d) / 1000, 4),
+                             "total_ms_per_step": round(sum(d) / decode_steps / 1000, 4)}
+                         for n, d in sorted(cpu.items(), key=lambda x: -sum(x[1]))[:20]}
+    rt: dict[str, list[float]] = defaultdict(list)
+    for r in runtime:
+        if lo <= r["ts"] <= hi:
+            rt[r["name"]].append(r["dur"])
+    out["cuda_runtime"] = {n: {"per_step": round(len(d) / decode_steps, 2), "mean_us": round(statistics.fmean(d), 2)}
+                           for n, d in sorted(rt.items(), key=lambda x: -sum(x[1]))[:10]}
+    if model_cfg:
+        b = gemm_bytes_per_step(model_cfg, fp8)
+        gemm_ms = cats.get("gemm", 0.0) / decode_steps / 1000
+        b["gemm_ms_per_step"] = round(gemm_ms, 4)
+        b["gemm_effective_gb_s"] = round(b["gemm_read_gib_per_step"] * GIB / gemm_ms / 1e6, 1) if gemm_ms else None
+        if hbm_gb_s:
+            b["hbm_copy_gb_s"] = hbm_gb_s
+            b["gemm_share_of_copy_bandwidth"] = round(b["gemm_effective_gb_s"] / hbm_gb_s, 4) if gemm_ms else None
+            b["gemm_bytes_roofline_ms_per_step"] = round(b["gemm_read_gib_per_step"] * GIB / (hbm_gb_s * 1e9) * 1000, 4)
+        out["bytes"] = b
+    return out
+
+
+# ------------------------------------------------------------------ on the GPU machine
+def _post(url: str, key: str, timeout: float) -> int:
+    req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status
+
+
+def _stream(srv: Any, prompt: list[int], max_tokens: int) -> dict[str, float]:
+    """One greedy streamed completion: TTFT and time per output token (client side)."""
+    t0 = time.perf_counter()
+    stamps = []
+    stream = srv.client.completions.create(model=srv.served_name, prompt=prompt, max_tokens=max_tokens,
+                                           temperature=0.0, stream=True, extra_body={"ignore_eos": True})
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].text is not None:
+            stamps.append(time.perf_counter())
+    e2e = time.perf_counter() - t0
+    ttft = stamps[0] - t0
+    return {"ttft_ms": round(ttft * 1000, 3), "e2e_ms": round(e2e * 1000, 3), "chunks": len(stamps),
+            "tpot_ms": round((e2e - ttft) * 1000 / (max_tokens - 1), 4)}
+
+
+def run(a: argparse.Namespace) -> int:
+    import random
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "scripts"))
+    # The server and the bandwidth measurement are `python -m ladder...` children.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root / "scripts"), os.environ.get("PYTHONPATH")]))
+    from ladder import roofline
+    from ladder.vllmserver import Server, serve_args
+
+    ov = yaml.safe_load(Path(a.overlay).read_text())
+    model = {"max_model_len": 512, "dtype": "auto", "load_format": "auto", "quantization": None,
+             "kv_cache_dtype": "auto"} | ov["model"]
+    cfg = {"model": model, "serve": {"enforce_eager": False, "extra_args": []} | {
+        k: v for k, v in ov.get("serve", {}).items() if k in ("enforce_eager", "extra_args")}}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tdir = Path(a.trace_dir)
+    tdir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"overlay": a.overlay, "model": model, "command": " ".join(sys.argv)}
+    bw = roofline.measure_in_subprocess()
+    result["hbm_copy_gb_s"] = round(bw["bandwidth_bytes_s"] / 1e9, 1)
+    prof = {"profiler": "torch", "torch_profiler_dir": str(tdir), "torch_profiler_with_stack": False,
+            "torch_profiler_record_shapes": False, "ignore_frontend": True}
+    args = serve_args(cfg, 1, 1, ray=False) + ["--profiler-config", json.dumps(prof)]
+    srv = Server(model["path"], model["name"], a.port, "profile-" + str(random.getrandbits(32)),
+                 out / "vllm-serve.log", args=args)
+    result["serve_args"] = args
+    rng = random.Random(0)
+    prompt = [rng.randrange(1000, 120000) for _ in range(a.input_len)]
+    # A `timeout` around this script sends TERM: stop the server (its own session) before exiting.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        srv.start()
+        result["time_to_healthy_s"] = round(srv.wait_healthy(a.health_timeout), 1)
+        for _ in range(a.warmups):
+            _stream(srv, prompt, a.output_len)
+        result["unprofiled"] = [_stream(srv, prompt, a.output_len) for _ in range(3)]
+        t = time.monotonic()
+        _post(f"{srv.base}/start_profile", srv.key, 120)
+        result["start_profile_s"] = round(time.monotonic() - t, 2)
+        result["profiled"] = _stream(srv, prompt, a.output_len)
+        t = time.monotonic()
+        _post(f"{srv.base}/stop_profile", srv.key, 600)
+        result["stop_profile_s"] = round(time.monotonic() - t, 2)
+    finally:
+        srv.stop()
+        (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")  # what there is, if cut off
+    traces = sorted(tdir.rglob("*.pt.trace.json*"), key=lambda p: p.stat().st_mtime)
+    result["traces"] = [{"file": str(p), "bytes": p.stat().st_size} for p in traces]
+    for p in tdir.rglob("profiler_out_*.txt"):
+        (out / p.name).write_text(p.read_text()[:400_000])
+    if not traces:
+        result["error"] = f"no trace file under {tdir}"
+    else:
+        t = time.monotonic()
+        mcfg = json.loads((Path(model["path"]) / "config.json").read_text())
+        result["analysis"] = analyze(load_trace(traces[-1]), mcfg, fp8=model.get("quantization") == "fp8",
+                                     hbm_gb_s=result["hbm_copy_gb_s"])
+        result["analysis_s"] = round(time.monotonic() - t, 1)
+        log = (out / "vllm-serve.log").read_text(errors="replace")
+        if m := re.search(r"Model loading took ([0-9.]+) GiB", log):
+            w = float(m.group(1))
+            result["weights_gib_loaded"] = w
+            result["roofline_tok_s_loaded_weights"] = round(bw["bandwidth_bytes_s"] / (w * GIB), 1)
+        med = statistics.median(r["tpot_ms"] for r in result["unprofiled"])
+        result["unprofiled_tpot_ms_median"] = med
+        result["unprofiled_tok_s"] = round(1000 / med, 1)
+    (out / "summary.json").write_text(json.dumps(result, indent=1) + "\n")
+    an = result.get("analysis", {})
+    brief = {k: result.get(k) for k in ("hbm_copy_gb_s", "time_to_healthy_s", "weights_gib_loaded",
+                                         "roofline_tok_s_loaded_weights", "unprofiled_tpot_ms_median",
+                                         "unprofiled_tok_s", "profiled", "stop_profile_s", "traces", "error")}
+    brief |= {k: an.get(k) for k in ("decode_steps", "step_period_ms_median", "per_step", "kernel_ms_per_step",
+                                     "kernel_ms_per_step_by_vllm_phase", "gaps_ms_per_step", "bytes")}
+    print(json.dumps(brief))
+    return 0 if traces else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="serve, profile one request, summarise (GPU machine)")
+    r.add_argument("overlay", help="config/gpu overlay whose model section is served")
+    r.add_argument("--out", required=True)
+    r.add_argument("--trace-dir", default="/tmp/profile-trace")
+    r.add_argument("--port", type=int, default=18123)
+    r.add_argument("--input-len", type=int, default=512)
+    r.add_argument("--output-len", type=int, default=128)
+    r.add_argument("--warmups", type=int, default=3)
+    r.add_argument("--health-timeout", type=float, default=300)
+    z = sub.add_parser("analyze", help="summarise a trace file (JSON on stdout)")
+    z.add_argument("trace", type=Path)
+    z.add_argument("--config-json", type=Path, help="the model's config.json (adds GEMM bytes per step)")
+    z.add_argument("--fp8", action="store_true")
+    z.add_argument("--hbm-gb-s", type=float)
+    a = ap.parse_args(argv)
+    if a.cmd == "run":
+        return run(a)
+    cfg = json.loads(a.config_json.read_text()) if a.config_json else None
+    print(json.dumps(analyze(load_trace(a.trace), cfg, a.fp8, a.hbm_gb_s), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
