@@ -12,19 +12,18 @@ requests, one measured request, then `/start_profile`, one request of the same s
 tokens, 128 output tokens, greedy, ignore_eos), `/stop_profile`, stops the server and summarises the
 trace into `<out>/summary.json` (the trace itself stays in /tmp: it is tens of MB).
 
-`analyze` (pure, stdlib only) splits the trace into engine steps by vLLM's `gpu_model_runner: forward`
-ranges (the CPU range's CUDA runtime calls -> their kernels by correlation id), takes the steps after the
-request's prefill as decode, and reports per decode step: the period (first kernel to the next step's
-first kernel), GPU busy time (union of kernels), idle time, kernel time by category (GEMM, attention,
-norm/activation/elementwise, FP8 activation quantization, sampling, memcpy, other) and by vLLM phase,
-gaps between kernels by size, the top kernels, vLLM's CPU ranges and the CUDA runtime calls. With the
+`analyze` (pure, stdlib only) finds vLLM's engine steps by their GPU-side ranges
+(`execute_context_<n>(<tokens>)_generation_<n>(<tokens>)`, gpu_user_annotation), keeps the decode steps
+(no prompt tokens) and reports per decode step: the period (one step's start to the next), GPU busy time
+(union of kernels), idle time (inside steps and between them), kernel time by category (GEMM, attention,
+norm/activation/elementwise, FP8 activation quantization, sampling, memcpy, other), gaps between kernels
+by size, the top kernels, and the CPU side in the same window (step ranges, eager aten ops, CUDA runtime). With the
 model's config.json it adds the bytes the GEMMs read per step and their effective bandwidth.
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import gzip
 import json
 import os
@@ -39,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 GIB = 2**30
-FORWARD = "gpu_model_runner: forward"
 
 # Order matters: FlashAttention kernels are cutlass kernels too; cutlass FP8 GEMMs contain "fp8".
 CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
@@ -109,86 +107,59 @@ def gemm_bytes_per_step(cfg: dict[str, Any], fp8: bool) -> dict[str, float]:
             "input_embedding_gib_not_read": round(embed / GIB, 3)}
 
 
+STEP = re.compile(r"execute_context_(\d+)\((\d+)\)_generation_(\d+)\((\d+)\)")
+
+
 def analyze(trace: dict[str, Any], model_cfg: dict[str, Any] | None = None, fp8: bool = False,
             hbm_gb_s: float | None = None) -> dict[str, Any]:
     ev = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
     gpu = sorted((e for e in ev if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")), key=lambda e: e["ts"])
     if not gpu:
         raise ValueError("no GPU kernels in the trace")
-    runtime = sorted((e for e in ev if e.get("cat") in ("cuda_runtime", "cuda_driver")), key=lambda e: e["ts"])
-    annotations = [e for e in ev if e.get("cat") == "user_annotation"]
-    by_thread: dict[tuple[Any, Any], list[dict[str, Any]]] = defaultdict(list)
-    for r in runtime:
-        by_thread[(r.get("pid"), r.get("tid"))].append(r)
-    starts = {k: [r["ts"] for r in v] for k, v in by_thread.items()}
-
-    def correlations(rng: dict[str, Any]) -> set[int]:
-        key = (rng.get("pid"), rng.get("tid"))
-        rs, ts = by_thread.get(key, []), starts.get(key, [])
-        i, j = bisect.bisect_left(ts, rng["ts"]), bisect.bisect_right(ts, rng["ts"] + rng["dur"])
-        return {r["args"]["correlation"] for r in rs[i:j] if "correlation" in r.get("args", {})}
-
-    # vLLM's phases: each CPU range's kernels, by correlation id.
-    phase_of: dict[int, str] = {}
-    for a in annotations:
-        if a["name"].startswith("gpu_model_runner: "):
-            for c in correlations(a):
-                phase_of.setdefault(c, a["name"].removeprefix("gpu_model_runner: "))
-    forwards = sorted((a for a in annotations if a["name"] == FORWARD), key=lambda a: a["ts"])
-    step_first: list[float] = []  # GPU start of each engine step's first forward kernel
-    step_gpu_us: list[float] = []
-    for f in forwards:
-        corr = correlations(f)
-        ks = [k for k in gpu if k.get("args", {}).get("correlation") in corr]
-        if ks:
-            step_first.append(min(k["ts"] for k in ks))
-            step_gpu_us.append(sum(k["dur"] for k in ks))
-    out: dict[str, Any] = {"kernels_in_trace": len(gpu), "forward_ranges": len(forwards),
-                           "steps_with_kernels": len(step_first)}
-    # The request's prefill is the first step (it does far more work); the decode steps follow it.
-    if len(step_first) >= 3:
-        med = statistics.median(step_gpu_us)
-        first_decode = 1 if step_gpu_us[0] > 1.5 * med else 0
-        out["prefill_steps_dropped"] = first_decode
-        out["prefill_forward_kernel_ms"] = round(step_gpu_us[0] / 1000, 3) if first_decode else None
-        lo = step_first[first_decode]
-        hi = max(k["ts"] + k["dur"] for k in gpu)
-        decode_steps = len(step_first) - first_decode
-        periods = [b - a for a, b in zip(step_first[first_decode:], step_first[first_decode + 1:], strict=False)]
-        out["step_period_ms_median"] = round(statistics.median(periods) / 1000, 4) if periods else None
-        out["step_period_ms_mean"] = round(statistics.fmean(periods) / 1000, 4) if periods else None
-    else:  # no vLLM ranges: the whole GPU window
+    runtime = [e for e in ev if e.get("cat") in ("cuda_runtime", "cuda_driver")]
+    cpu_ann = [e for e in ev if e.get("cat") == "user_annotation"]
+    # vLLM names every engine step execute_context_<n>(<tokens>)_generation_<n>(<tokens>); the profiler
+    # projects that CPU range onto the GPU (gpu_user_annotation): the span of the step's kernels.
+    spans = sorted((e for e in ev if e.get("cat") == "gpu_user_annotation" and STEP.fullmatch(e["name"])),
+                   key=lambda e: e["ts"])
+    kinds: dict[str, int] = defaultdict(int)
+    for e in spans:
+        kinds[e["name"]] += 1
+    out: dict[str, Any] = {"kernels_in_trace": len(gpu), "step_spans": dict(kinds)}
+    # Decode steps: no prompt tokens in the step, one or more sequences generating.
+    decode = [e for e in spans if (m := STEP.fullmatch(e["name"])) and m[1] == "0" and int(m[3]) > 0]
+    if len(decode) >= 2:
+        lo, hi = decode[0]["ts"], decode[-1]["ts"] + decode[-1]["dur"]
+        steps = len(decode)
+        starts = [e["ts"] for e in decode]
+        periods = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+        out["step_period_ms_median"] = round(statistics.median(periods) / 1000, 4)
+        out["step_gpu_span_ms_median"] = round(statistics.median(e["dur"] for e in decode) / 1000, 4)
+        between = sum(b["ts"] - (a["ts"] + a["dur"]) for a, b in zip(decode, decode[1:], strict=False))
+        out["between_steps_ms_per_step"] = round(between / steps / 1000, 4)
+    else:  # no step ranges: the whole GPU window as one
         lo, hi = gpu[0]["ts"], max(k["ts"] + k["dur"] for k in gpu)
-        decode_steps = max(len(step_first), 1)
-        out["prefill_steps_dropped"] = 0
-    win = [k for k in gpu if k["ts"] >= lo and k["ts"] < hi]
+        steps = 1
+    win = [k for k in gpu if lo <= k["ts"] < hi]
     window_us = hi - lo
-    busy_us = union_us([(k["ts"], k["ts"] + k["dur"]) for k in win])
-    out["decode_steps"] = decode_steps
+    busy_us = union_us([(k["ts"], min(k["ts"] + k["dur"], hi)) for k in win])
+    out["decode_steps"] = steps
     out["decode_window_ms"] = round(window_us / 1000, 3)
-    per_step = window_us / decode_steps
-    out["per_step"] = {"wall_ms": round(per_step / 1000, 4), "gpu_busy_ms": round(busy_us / decode_steps / 1000, 4),
-                       "gpu_idle_ms": round((window_us - busy_us) / decode_steps / 1000, 4),
+    out["per_step"] = {"wall_ms": round(window_us / steps / 1000, 4), "gpu_busy_ms": round(busy_us / steps / 1000, 4),
+                       "gpu_idle_ms": round((window_us - busy_us) / steps / 1000, 4),
                        "gpu_busy_share": round(busy_us / window_us, 4),
-                       "kernels": round(len(win) / decode_steps, 1)}
+                       "kernels": round(len(win) / steps, 1)}
     cats: dict[str, float] = defaultdict(float)
-    phases: dict[str, float] = defaultdict(float)
     kernels: dict[str, dict[str, Any]] = {}
     for k in win:
-        phase = phase_of.get(k.get("args", {}).get("correlation"), "none")
         c = category(k["name"], k["cat"])
-        if phase == "sample" and c in ("norm_act", "other"):
-            c = "sampling"
         cats[c] += k["dur"]
-        phases[phase] += k["dur"]
         s = kernels.setdefault(k["name"], {"category": c, "count": 0, "total_us": 0.0})
         s["count"] += 1
         s["total_us"] += k["dur"]
     ranked = sorted(cats.items(), key=lambda x: -x[1])
-    out["kernel_ms_per_step"] = {c: round(v / decode_steps / 1000, 4) for c, v in ranked}
+    out["kernel_ms_per_step"] = {c: round(v / steps / 1000, 4) for c, v in ranked}
     out["kernel_share_of_step_wall"] = {c: round(v / window_us, 4) for c, v in ranked}
-    out["kernel_ms_per_step_by_vllm_phase"] = {p: round(v / decode_steps / 1000, 4) for p, v in
-                                               sorted(phases.items(), key=lambda x: -x[1])}
     # Gaps between one kernel's end and the next one's start (GPU idle), by size.
     buckets = {"lt_2us": 0.0, "2_10us": 0.0, "10_50us": 0.0, "50_200us": 0.0, "ge_200us": 0.0}
     counts = dict.fromkeys(buckets, 0)
@@ -201,29 +172,28 @@ def analyze(trace: dict[str, Any], model_cfg: dict[str, Any] | None = None, fp8:
             buckets[b] += g
             counts[b] += 1
         end = max(end, k["ts"] + k["dur"])
-    out["gaps_ms_per_step"] = {b: round(v / decode_steps / 1000, 4) for b, v in buckets.items()}
-    out["gaps_per_step"] = {b: round(v / decode_steps, 2) for b, v in counts.items()}
+    out["gaps_ms_per_step"] = {b: round(v / steps / 1000, 4) for b, v in buckets.items()}
+    out["gaps_per_step"] = {b: round(v / steps, 2) for b, v in counts.items()}
     top = sorted(kernels.items(), key=lambda x: -x[1]["total_us"])[:15]
-    out["top_kernels"] = [{"name": short(n), "category": s["category"], "per_step": round(s["count"] / decode_steps, 2),
-                           "us_per_step": round(s["total_us"] / decode_steps, 2),
+    out["top_kernels"] = [{"name": short(n), "category": s["category"], "per_step": round(s["count"] / steps, 2),
+                           "us_per_step": round(s["total_us"] / steps, 2),
                            "mean_us": round(s["total_us"] / s["count"], 2)} for n, s in top]
-    # CPU side inside the decode window: vLLM's ranges and the CUDA runtime calls.
-    cpu: dict[str, list[float]] = defaultdict(list)
-    for a in annotations:
-        if lo - 50_000 <= a["ts"] <= hi:
-            cpu[a["name"]].append(a["dur"])
-    out["cpu_ranges"] = {n: {"count": len(d), "mean_ms": round(statistics.fmean(d) / 1000, 4),
-                             "total_ms_per_step": round(sum(d) / decode_steps / 1000, 4)}
-                         for n, d in sorted(cpu.items(), key=lambda x: -sum(x[1]))[:20]}
-    rt: dict[str, list[float]] = defaultdict(list)
-    for r in runtime:
-        if lo <= r["ts"] <= hi:
-            rt[r["name"]].append(r["dur"])
-    out["cuda_runtime"] = {n: {"per_step": round(len(d) / decode_steps, 2), "mean_us": round(statistics.fmean(d), 2)}
-                           for n, d in sorted(rt.items(), key=lambda x: -sum(x[1]))[:10]}
+    # CPU side in the same window: vLLM's step ranges, aten ops run eagerly, CUDA runtime calls.
+    def per_name(events: list[dict[str, Any]], n: int) -> dict[str, Any]:
+        d: dict[str, list[float]] = defaultdict(list)
+        for e in events:
+            if lo <= e["ts"] <= hi:
+                d[e["name"]].append(e["dur"])
+        ranked = sorted(d.items(), key=lambda x: -sum(x[1]))[:n]
+        return {k: {"per_step": round(len(v) / steps, 2), "mean_us": round(statistics.fmean(v), 2),
+                    "us_per_step": round(sum(v) / steps, 2)} for k, v in ranked}
+
+    out["cpu_step_ranges"] = per_name(cpu_ann, 5)
+    out["cpu_ops"] = per_name([e for e in ev if e.get("cat") == "cpu_op"], 10)
+    out["cuda_runtime"] = per_name(runtime, 8)
     if model_cfg:
         b = gemm_bytes_per_step(model_cfg, fp8)
-        gemm_ms = cats.get("gemm", 0.0) / decode_steps / 1000
+        gemm_ms = cats.get("gemm", 0.0) / steps / 1000
         b["gemm_ms_per_step"] = round(gemm_ms, 4)
         b["gemm_effective_gb_s"] = round(b["gemm_read_gib_per_step"] * GIB / gemm_ms / 1e6, 1) if gemm_ms else None
         if hbm_gb_s:
@@ -331,8 +301,8 @@ def run(a: argparse.Namespace) -> int:
     brief = {k: result.get(k) for k in ("hbm_copy_gb_s", "time_to_healthy_s", "weights_gib_loaded",
                                          "roofline_tok_s_loaded_weights", "unprofiled_tpot_ms_median",
                                          "unprofiled_tok_s", "profiled", "stop_profile_s", "traces", "error")}
-    brief |= {k: an.get(k) for k in ("decode_steps", "step_period_ms_median", "per_step", "kernel_ms_per_step",
-                                     "kernel_ms_per_step_by_vllm_phase", "gaps_ms_per_step", "bytes")}
+    brief |= {k: an.get(k) for k in ("decode_steps", "step_period_ms_median", "between_steps_ms_per_step",
+                                     "per_step", "kernel_ms_per_step", "gaps_ms_per_step", "bytes")}
     print(json.dumps(brief))
     return 0 if traces else 1
 
