@@ -19,7 +19,7 @@ cat >"$work/config.yaml" <<EOF
 cluster: {nodes: 2, cpus_per_node: 1}
 env: {prefix: "$PWD/.venv"}
 tune: {enabled: false, slo: {ttft_ms: 300, tpot_ms: 15, percentile: 90}}
-bench: {num_prompts: 32, concurrency: [2, 8], rates: [], repetitions: 2, input_len: 64, output_len: 32}
+bench: {num_prompts: 32, concurrency: [2, 8], rates: [], repetitions: 3, input_len: 64, output_len: 32}
 deploy: {replicas: 1, min_replicas: 1, max_replicas: 2, scale_up_waiting: 1000, scale_down_idle_s: 100000}
 EOF
 # The ladder up to single (the layout a replica serves, validated on these nodes) and deploy's config

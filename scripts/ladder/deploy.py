@@ -49,7 +49,8 @@ JOB_NAME = "ladder-replica"
 LIVE_JOB = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
 SCRIPTS = Path(__file__).resolve().parents[1]
 # vllm-router's policies for one model that `bench --policy` compares (deploy.policy offers these
-# but power_of_two, which vllm-router cannot start without 2 workers: config/schema.yaml).
+# but power_of_two, which vllm-router cannot start without 2 workers: config/schema.yaml; not
+# sticky_least_loaded: without a session key it sent every request to one replica, measured 2026-12-04).
 POLICIES = ("round_robin", "power_of_two", "random", "cache_aware")
 METRICS = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
 
@@ -429,7 +430,9 @@ def router_cmd(d: dict[str, Any], host: str, port: int, prom: int, policy: str, 
     cmd = [str(Path(sys.executable).parent / "vllm-router"), "--host", host, "--port", str(port), "--policy", policy,
            "--prometheus-host", host, "--prometheus-port", str(prom),
            "--health-check-interval-secs", str(d["health_interval_s"]),
-           "--health-failure-threshold", str(d["health_failures"]), "--log-level", "warning"]
+           "--health-failure-threshold", str(d["health_failures"]), "--log-level", "warning",
+           "--balance-abs-threshold", str(d["balance_abs_threshold"]),
+           "--balance-rel-threshold", str(d["balance_rel_threshold"])]
     return cmd + (["--worker-urls", *workers] if workers else [])
 
 
