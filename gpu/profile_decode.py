@@ -204,6 +204,83 @@ def analyze(trace: dict[str, Any], model_cfg: dict[str, Any] | None = None, fp8:
     return out
 
 
+def per_forward(summary: dict[str, Any], model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """A whole-window analysis (no decode step spans found: `decode_steps` 1) re-expressed per forward pass.
+
+    The forward passes are counted from the trace's own CPU step ranges in the summary (every
+    execute_context_* range that computed prompt tokens or generated); GEMM kernels called once per layer in
+    every decode step (count = decode steps x layers) are matched to the layer's weight matrices by size
+    order (largest time <-> largest matrix), lm_head's is the GEMM called once per forward pass."""
+    a = summary["analysis"]
+    if a["decode_steps"] != 1:
+        raise ValueError("already per step: per-forward is for a whole-window analysis")
+    steps = {n: r["count"] for n, r in a["cpu_ranges"].items() if (m := STEP.fullmatch(n))}
+    decode = sum(c for n, c in steps.items() if (m := STEP.fullmatch(n)) and m[1] == "0" and int(m[3]) > 0)
+    prefill = sum(c for n, c in steps.items() if (m := STEP.fullmatch(n)) and int(m[1]) > 0)
+    fwd = decode + prefill
+    cfg = model_cfg.get("text_config", model_cfg)
+    h, inter, layers, vocab = (int(cfg[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                     "vocab_size"))
+    heads, kv = int(cfg["num_attention_heads"]), int(cfg.get("num_key_value_heads", cfg["num_attention_heads"]))
+    hd = int(cfg.get("head_dim") or h // heads)
+    wbytes = 1 if summary["model"].get("quantization") == "fp8" else 2
+    matrices = sorted([("gate_up", h * 2 * inter), ("down", inter * h), ("qkv", h * (heads + 2 * kv) * hd),
+                       ("o", heads * hd * h)], key=lambda x: -x[1])
+    bw = summary["hbm_copy_gb_s"]
+    out: dict[str, Any] = {
+        "forward_passes": fwd, "decode_steps": decode, "prefill_steps": prefill, "step_ranges": steps,
+        "window_ms_per_forward": round(a["decode_window_ms"] / fwd, 4),
+        "gpu_busy_ms_per_forward": round(a["per_step"]["gpu_busy_ms"] / fwd, 4),
+        "gpu_idle_ms_per_forward": round(a["per_step"]["gpu_idle_ms"] / fwd, 4),
+        "gpu_busy_share": a["per_step"]["gpu_busy_share"],
+        "kernels_per_forward": round(a["per_step"]["kernels"] / fwd, 1),
+        "kernel_ms_per_forward": {c: round(v / fwd, 4) for c, v in a["kernel_ms_per_step"].items()},
+        "kernel_share_of_window": a["kernel_share_of_step_wall"],
+        "gaps_ms_per_forward": {b: round(v / fwd, 4) for b, v in a["gaps_ms_per_step"].items()},
+        "gaps_per_forward": {b: round(v / fwd, 1) for b, v in a["gaps_per_step"].items()},
+    }
+    b = gemm_bytes_per_step(model_cfg, summary["model"].get("quantization") == "fp8")
+    gemm_ms = a["kernel_ms_per_step"]["gemm"] / fwd
+    b |= {"gemm_ms_per_forward": round(gemm_ms, 4),
+          "gemm_effective_gb_s": round(b["gemm_read_gib_per_step"] * GIB / gemm_ms / 1e6, 1),
+          "hbm_copy_gb_s": bw,
+          "gemm_floor_ms_per_forward": round(b["gemm_read_gib_per_step"] * GIB / (bw * 1e9) * 1000, 4)}
+    b["gemm_share_of_copy_bandwidth"] = round(b["gemm_effective_gb_s"] / bw, 4)
+    out["bytes"] = b
+    gemms = [k for k in a["top_kernels"] if k["category"] == "gemm"]
+    per_layer = sorted((k for k in gemms if k["per_step"] == decode * layers), key=lambda k: -k["mean_us"])
+    kernels = []
+    if len(per_layer) == len(matrices):
+        for k, (name, params) in zip(per_layer, matrices, strict=True):
+            nbytes = params * wbytes
+            kernels.append({"kernel": k["name"], "matrix": name, "mib": round(nbytes / 2**20, 1),
+                            "mean_us": k["mean_us"], "gb_s": round(nbytes / k["mean_us"] / 1e3, 1),
+                            "share_of_copy_bandwidth": round(nbytes / k["mean_us"] / 1e3 / bw, 4)})
+    lm = [k for k in gemms if k["per_step"] == fwd and k["mean_us"] > 50]
+    if lm:
+        nbytes = vocab * h * 2
+        kernels.append({"kernel": lm[0]["name"], "matrix": "lm_head", "mib": round(nbytes / 2**20, 1),
+                        "mean_us": lm[0]["mean_us"], "gb_s": round(nbytes / lm[0]["mean_us"] / 1e3, 1),
+                        "share_of_copy_bandwidth": round(nbytes / lm[0]["mean_us"] / 1e3 / bw, 4)})
+    out["gemm_kernels"] = kernels
+    if per_layer:
+        layer_us = sum(k["mean_us"] for k in per_layer)
+        layer_bytes = sum(p for _, p in matrices) * wbytes
+        out["decoder_layer_gemm_us"] = round(layer_us, 2)
+        out["decoder_layer_gemm_gb_s"] = round(layer_bytes / layer_us / 1e3, 1)
+    if w := summary.get("weights_gib_loaded"):
+        out["roofline_tok_s_loaded_weights"] = summary["roofline_tok_s_loaded_weights"]
+        out["roofline_tok_s_gemm_bytes"] = round(bw * 1e9 / (b["gemm_read_gib_per_step"] * GIB), 1)
+        out["embedding_share_of_loaded_weights"] = round(b["input_embedding_gib_not_read"] / w, 4)
+        tok = summary["unprofiled_tok_s"]
+        out["unprofiled_tok_s"] = tok
+        out["roofline_ratio_loaded_weights"] = round(tok / summary["roofline_tok_s_loaded_weights"], 4)
+        out["roofline_ratio_gemm_bytes"] = round(tok / out["roofline_tok_s_gemm_bytes"], 4)
+        out["profiled_tpot_ms"] = summary["profiled"]["tpot_ms"]
+        out["profiler_slowdown"] = round(summary["profiled"]["tpot_ms"] / summary["unprofiled_tpot_ms_median"], 4)
+    return out
+
+
 # ------------------------------------------------------------------ on the GPU machine
 def _post(url: str, key: str, timeout: float) -> int:
     req = urllib.request.Request(url, data=b"", method="POST", headers={"Authorization": f"Bearer {key}"})
@@ -324,9 +401,17 @@ def main(argv: list[str] | None = None) -> int:
     z.add_argument("--config-json", type=Path, help="the model's config.json (adds GEMM bytes per step)")
     z.add_argument("--fp8", action="store_true")
     z.add_argument("--hbm-gb-s", type=float)
+    f = sub.add_parser("per-forward", help="a whole-window summary.json per forward pass (JSON on stdout)")
+    f.add_argument("summary", type=Path)
+    f.add_argument("--config-json", type=Path, required=True, help="the model's config.json")
     a = ap.parse_args(argv)
     if a.cmd == "run":
         return run(a)
+    if a.cmd == "per-forward":
+        out = {"command": f"python3 gpu/profile_decode.py per-forward {a.summary} --config-json {a.config_json}"}
+        out |= per_forward(json.loads(a.summary.read_text()), json.loads(a.config_json.read_text()))
+        print(json.dumps(out, indent=1))
+        return 0
     cfg = json.loads(a.config_json.read_text()) if a.config_json else None
     print(json.dumps(analyze(load_trace(a.trace), cfg, a.fp8, a.hbm_gb_s), indent=1))
     return 0
