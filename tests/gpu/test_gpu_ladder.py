@@ -126,3 +126,15 @@ def test_llama3_70b_shape_single_serves_its_proxy(tmp_path: Path) -> None:
         multi = {c["name"]: c for c in json.loads((results / "multinode" / "verdict.json").read_text())["checks"]}
         assert multi["outputs_match_single"]["ok"] is not False
 
+
+
+@needs_gpu
+def test_fp8_single_judged_by_references_of_an_earlier_run(tmp_path: Path) -> None:
+    """FP8 weights + FP8 KV cache through single: its roofline uses the bytes vLLM loaded (about half of
+    bf16's) and every performance check has a reference from gpu/results/h200-tune-sat (pass or fail)."""
+    results = run_ladder(tmp_path, "h200-fp8.yaml", ["env", "probe", "ray", "single"], {})
+    roof = json.loads((results / "single" / "roofline.json").read_text())
+    assert roof["weight_gib_per_gpu"] < 10 and 0 < roof["roofline_ratio"] < 1.2, roof
+    perf = [c for c in json.loads((results / "single" / "verdict.json").read_text())["checks"]
+            if c["name"].startswith("perf:")]
+    assert perf and all(c["ok"] in (True, False) for c in perf), perf
