@@ -159,6 +159,19 @@ def replica_layout(results: Path, choice: str) -> dict[str, Any]:
             "pipeline_parallel_size": plan["pipeline_parallel_size"], "validated_by": f"results/{stage}/verdict.json"}
 
 
+def capacity_problem(replicas: int, layout: dict[str, Any], usable: list[str]) -> str | None:
+    """Replicas that could never all start: each takes PP nodes of its own (--exclusive)."""
+    need = replicas * layout["pipeline_parallel_size"]
+    if usable and need > len(usable):
+        return (f"deploy.replicas={replicas}: {need} node(s) needed ({layout['pipeline_parallel_size']} per replica), "
+                f"the partition has {len(usable)} usable: {', '.join(usable)}")
+    return None
+
+
+def usable_nodes(cfg: dict[str, Any], unprobed: list[str]) -> list[str]:
+    return sorted(set(slurm.partition_nodes(cfg["cluster"]["partition"])) - set(unprobed))
+
+
 def ray_cluster(cfg: dict[str, Any], paths: Paths, a: argparse.Namespace, job: str, tp: int) -> RayCluster:
     """Ray over this job's nodes, addressed as the probe chose (the controller only places a
     multi-node replica on probed nodes)."""
@@ -452,6 +465,8 @@ def start(a: argparse.Namespace) -> int:
     # A replica over several nodes is addressed as the probe found them: only probed nodes for it.
     unprobed = sorted(set(slurm.partition_nodes(cfg["cluster"]["partition"])) - set(probed(paths.results))
                       ) if layout["pipeline_parallel_size"] > 1 else []
+    if problem := capacity_problem(d["replicas"], layout, usable_nodes(cfg, unprobed)):
+        raise DeployError(problem)  # before the router or any job
     for f in (paths.state, paths.events, paths.request, paths.stopped):
         f.unlink(missing_ok=True)
     paths.dir.mkdir(parents=True, exist_ok=True)
@@ -561,6 +576,8 @@ def scale(paths: Paths, n: int, timeout: float) -> dict[str, Any]:
     if not d["min_replicas"] <= n <= d["max_replicas"]:
         raise DeployError(f"scale {n}: outside deploy.min_replicas..max_replicas "
                           f"({d['min_replicas']}..{d['max_replicas']})")
+    if problem := capacity_problem(n, s["layout"], usable_nodes(read_json(paths.config), s["unprobed"])):
+        raise DeployError(problem)
     write_json(paths.request, {"id": time.time_ns(), "replicas": n})
 
     def done() -> bool:

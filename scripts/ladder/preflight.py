@@ -203,9 +203,6 @@ def problems(config: dict[str, Any], basedir: Path, partition: dict[str, int] | 
     if not d["min_replicas"] <= d["replicas"] <= d["max_replicas"]:
         out.append(f"deploy.replicas={d['replicas']}: not within deploy.min_replicas={d['min_replicas']} .. "
                    f"max_replicas={d['max_replicas']}")
-    if partition and d["replicas"] > len(partition):
-        out.append(f"deploy.replicas={d['replicas']}: the partition has {len(partition)} node(s) (a replica "
-                   "takes one)")
     if partition is not None:
         part = config["cluster"]["partition"]
         out += [f"cluster.partition={part!r}: Slurm knows no such partition"] if part and not partition \

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ladder.deploy import DeployError, replica_layout
+from ladder.deploy import DeployError, capacity_problem, replica_layout
 
 pytestmark = pytest.mark.unit
 
@@ -43,3 +43,14 @@ def test_multinode_asked_for_explicitly(tmp_path: Path) -> None:
 def test_a_layout_that_was_not_validated_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DeployError, match="results/multinode/bench.json"):
         replica_layout(results(tmp_path, proxy=True, multinode=False), "auto")
+
+
+def test_replicas_beyond_the_usable_nodes_are_refused_naming_the_key() -> None:
+    nodes = ["n1", "n2", "n3"]
+    assert capacity_problem(3, SINGLE, nodes) is None
+    assert capacity_problem(1, MULTI, ["n1", "n2"]) is None
+    problem = capacity_problem(2, MULTI, nodes)
+    assert problem and problem.startswith("deploy.replicas=2: 4 node(s) needed (2 per replica)")
+    assert "3 usable" in problem
+    assert capacity_problem(4, SINGLE, nodes)
+    assert capacity_problem(9, SINGLE, []) is None  # sinfo listed nothing: Slurm's own pending watch decides

@@ -175,16 +175,3 @@ def test_gpu_references_come_from_an_earlier_run(prov):
         if not rounds_to(got, Decimal(str(value))):
             wrong.append(f"{metric}: overlay {value}, source {got}")
     assert not wrong, wrong
-
-
-@pytest.mark.parametrize("prov", PROVENANCE, ids=[p.parent.name for p in PROVENANCE])
-def test_judged_run_shows_pass_or_fail_for_every_performance_check(prov):
-    spec = json.loads(prov.read_text())
-    verdicts = sorted(prov.parent.glob("*/verdict.json"))
-    if not verdicts:
-        pytest.skip(f"{prov.parent.name}: not run yet")
-    checks = {c["name"]: c for v in verdicts for c in json.loads(v.read_text())["checks"]
-              if c["name"].startswith("perf:")}
-    assert {f"perf:{m}" for m in spec["references"]} <= set(checks), "a reference the run did not check"
-    undecided = [n for n, c in checks.items() if c["ok"] not in (True, False)]
-    assert not undecided, f"performance checks without a reference (neither pass nor fail): {undecided}"
