@@ -64,12 +64,7 @@ class Verdict:
             # A stage that checked nothing has not shown that anything works.
             self.check("checked_something", False, len(self.checks), ">= 1 check that ran",
                        detail="no check of this stage passed or failed (all absent or not applicable)")
-        if self.failed:
-            self.status = "fail"
-        elif self.degraded_reason:
-            self.status = "degraded"
-        else:
-            self.status = "pass"
+        self.status = "fail" if self.failed else "degraded" if self.degraded_reason else "pass"
         self.finished = now()
         path = Path(path)
         write_json(path, asdict(self))
