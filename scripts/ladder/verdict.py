@@ -129,6 +129,14 @@ def reference_check(verdict: Verdict, metric: str, value: float, references: dic
                          detail=f"allowed [{lo:.4g}, {hi:.4g}]")
 
 
+def open_stage(stage: str, ap: argparse.ArgumentParser,
+               argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any], Verdict]:
+    """A node stage's start: its arguments, its gate (exits if closed), its config and its verdict."""
+    a = ap.parse_args(argv)
+    require_gate(a.gate)
+    return a, json.loads(a.config.read_text()), Verdict(stage, config_hash=a.config_hash)
+
+
 def stage_parser(description: str, *, serving: bool = False) -> argparse.ArgumentParser:
     """The arguments every node stage takes from its rule (gate, results root, resolved config,
     logs, config hash); the vLLM stages also take the shared cache and their output directory."""
