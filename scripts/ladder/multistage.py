@@ -143,7 +143,7 @@ def check(v: Verdict, run: Run, srv: Server, pipeline: list[str], attempt: int) 
     cfg, a, pp = run.cfg, run.a, len(pipeline)
     tuned = tuned_serve_args(a.results, cfg["tune"])
     if cfg["tune"]["enabled"] and cfg["tune"]["apply"]:
-        launched = last_run(srv.log)[0].split()
+        launched = (last_run(srv.log) or [""])[0].split()
         v.check("serves_tuned_settings", all(x in launched for x in tuned), tuned,
                 "results/tune/best.json's serve_args on the server's command line",
                 detail="tune.apply; [] = vLLM's defaults won the tune stage")
