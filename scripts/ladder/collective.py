@@ -78,13 +78,10 @@ def check_allreduce(v: Verdict, ids: dict[str, str], spec: Any, ray_cfg: dict[st
             dist.destroy_process_group()
             return {"sum": first, "seconds": dt, "host": os.uname().nodename}
 
-    actors, rank = [], 0
-    for node in spec.nodes:
-        for _ in range(spec.gpus):
-            strat = NodeAffinitySchedulingStrategy(ids[node], soft=False)
-            actors.append((rank, Rank.options(scheduling_strategy=strat).remote()))
-            rank += 1
-    results = ray.get([a.run.remote(r) for r, a in actors], timeout=600)
+    # Ranks in node order, spec.gpus on each node.
+    actors = [Rank.options(scheduling_strategy=NodeAffinitySchedulingStrategy(ids[node], soft=False)).remote()
+              for node in spec.nodes for _ in range(spec.gpus)]
+    results = ray.get([a.run.remote(rank) for rank, a in enumerate(actors)], timeout=600)
     want = world * (world + 1) / 2
     v.check("nccl_allreduce_sum", all(r["sum"] == want for r in results), results[0]["sum"], want,
             detail=f"{world} ranks on {len(ids)} nodes")
