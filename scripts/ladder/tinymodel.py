@@ -366,8 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--layers must be >= 1")
     if args.shape:
         print(build_shape(args.out, args.shape, Recipe(seed=args.seed)))
-        return 0
-    print(build(args.out, Recipe(seed=args.seed, layers=args.layers, architecture=args.architecture)))
+    else:
+        print(build(args.out, Recipe(seed=args.seed, layers=args.layers, architecture=args.architecture)))
     return 0
 
 
