@@ -138,19 +138,12 @@ def run_sweep(base_url: str, model: str, tokenizer: str, bench: dict[str, Any], 
 
 def ratios(multi: dict[str, dict[str, Any]], single: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Multinode / single ratios per level, both measured with identical settings."""
-    out = {}
-    for level, m in multi.items():
-        s = single.get(level)
-        if not s:
-            continue
-        out[level] = {
-            "output_throughput": round(m["output_throughput"] / s["output_throughput"], 3),
-            "request_throughput": round(m["request_throughput"] / s["request_throughput"], 3),
-            "ttft_median": round(m["ttft_ms"]["median"] / s["ttft_ms"]["median"], 3),
-            "tpot_median": round(m["tpot_ms"]["median"] / s["tpot_ms"]["median"], 3),
-            "e2el_median": round(m["e2el_ms"]["median"] / s["e2el_ms"]["median"], 3),
-        }
-    return out
+    def compared(r: dict[str, Any]) -> dict[str, float]:
+        return {"output_throughput": r["output_throughput"], "request_throughput": r["request_throughput"],
+                **{f"{m}_median": r[f"{m}_ms"]["median"] for m in ("ttft", "tpot", "e2el")}}
+
+    return {level: {k: round(x / compared(single[level])[k], 3) for k, x in compared(m).items()}
+            for level, m in multi.items() if single.get(level)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ sockets between nodes fails the check unless ray.allow_socket_transport is set.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +23,15 @@ _USING_NET = re.compile(r"\bNET/(\w+) ?: Using\b")
 _NO_DEVICE = re.compile(r"\bNET/(\w+) ?: No device found")
 
 
-def transports_in(text: str) -> dict[str, int]:
+def transports_in(text: str) -> Counter[str]:
     """NET transports of one NCCL debug log: connections made ("via NET/X"), else networks set up."""
-    seen: dict[str, int] = {}
     absent = set(_NO_DEVICE.findall(text)) | {"Plugin"}  # NCCL prints "NET/IB : Using [RO]" even then
-    found = _VIA_NET.findall(text) or [m for m in _USING_NET.findall(text) if m not in absent]
-    for name in found:
-        seen[name] = seen.get(name, 0) + 1
-    return seen
+    return Counter(_VIA_NET.findall(text) or [m for m in _USING_NET.findall(text) if m not in absent])
 
 
 def nccl_transports(log_dir: Path) -> dict[str, int]:
     """Count the NET transports NCCL reported in its debug files (NCCL_DEBUG_FILE)."""
-    seen: dict[str, int] = {}
-    for f in log_dir.glob("nccl.*.log"):
-        for name, n in transports_in(f.read_text(errors="replace")).items():
-            seen[name] = seen.get(name, 0) + n
-    return seen
+    return dict(sum((transports_in(f.read_text(errors="replace")) for f in log_dir.glob("nccl.*.log")), Counter()))
 
 
 def bus_bandwidth(size_bytes: int, seconds: float, world: int) -> float:
@@ -85,13 +78,10 @@ def check_allreduce(v: Verdict, ids: dict[str, str], spec: Any, ray_cfg: dict[st
             dist.destroy_process_group()
             return {"sum": first, "seconds": dt, "host": os.uname().nodename}
 
-    actors, rank = [], 0
-    for node in spec.nodes:
-        for _ in range(spec.gpus):
-            strat = NodeAffinitySchedulingStrategy(ids[node], soft=False)
-            actors.append((rank, Rank.options(scheduling_strategy=strat).remote()))
-            rank += 1
-    results = ray.get([a.run.remote(r) for r, a in actors], timeout=600)
+    # Ranks in node order, spec.gpus on each node.
+    actors = [Rank.options(scheduling_strategy=NodeAffinitySchedulingStrategy(ids[node], soft=False)).remote()
+              for node in spec.nodes for _ in range(spec.gpus)]
+    results = ray.get([a.run.remote(rank) for rank, a in enumerate(actors)], timeout=600)
     want = world * (world + 1) / 2
     v.check("nccl_allreduce_sum", all(r["sum"] == want for r in results), results[0]["sum"], want,
             detail=f"{world} ranks on {len(ids)} nodes")

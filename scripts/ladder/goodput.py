@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import asdict, dataclass, field
-from itertools import product
+from itertools import product, takewhile
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +60,8 @@ class Candidate:
     @property
     def best(self) -> RatePoint | None:
         """The highest rate that meets the SLO with every lower rate meeting it too."""
-        best = None
-        for p in sorted(self.points, key=lambda p: p.rate):
-            if not p.meets_slo:
-                break
-            best = p
-        return best
+        meeting = list(takewhile(lambda p: p.meets_slo, sorted(self.points, key=lambda p: p.rate)))
+        return meeting[-1] if meeting else None
 
     @property
     def score(self) -> float:

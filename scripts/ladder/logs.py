@@ -22,8 +22,11 @@ def shorten(text: str, head: int = 500, end: int = 1500) -> str:
 
 
 def last_run(log: Path) -> list[str]:
-    """Lines of the latest start in an appended log (each start writes a `$ cmd` line)."""
-    lines = log.read_text(errors="replace").splitlines()
+    """Lines of the latest start in an appended log (each start writes a `$ cmd` line); [] if unreadable."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
     starts = [i for i, line in enumerate(lines) if line.startswith("$ ")]
     return lines[starts[-1]:] if starts else lines
 
@@ -56,16 +59,9 @@ def largest(lines: list[str], patterns: dict[str, re.Pattern[str]]) -> dict[str,
     return out
 
 
-def _last_run(log: Path) -> list[str]:
-    try:
-        return last_run(log)
-    except OSError:
-        return []
-
-
 def vllm_phases(log: Path) -> dict[str, float]:
     """Seconds per start-up phase from one `vllm serve` log (missing phases are left out)."""
-    lines = _last_run(log)
+    lines = last_run(log)
     if not lines:
         return {}
     found = largest(lines, _PATTERNS)
@@ -107,4 +103,4 @@ MEMORY = {
 
 def vllm_memory(log: Path) -> dict[str, float]:
     """Weights and KV cache a `vllm serve` allocated (what quantization saves), from its log."""
-    return largest(_last_run(log), MEMORY)
+    return largest(last_run(log), MEMORY)

@@ -28,7 +28,7 @@ from ladder.poll import poll
 from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
 from ladder.raystage import check_nodes, check_tasks
 from ladder.singlestage import perf_checks
-from ladder.verdict import Verdict, require_gate, stage_parser, write_json
+from ladder.verdict import Verdict, open_stage, stage_parser, write_json
 from ladder.vllm_plugin import RAY_RESOURCE
 from ladder.vllmserver import Server, ServerError, api_key, check_healthy, cpu_env, resolve_model, serve_args
 
@@ -143,7 +143,7 @@ def check(v: Verdict, run: Run, srv: Server, pipeline: list[str], attempt: int) 
     cfg, a, pp = run.cfg, run.a, len(pipeline)
     tuned = tuned_serve_args(a.results, cfg["tune"])
     if cfg["tune"]["enabled"] and cfg["tune"]["apply"]:
-        launched = last_run(srv.log)[0].split()
+        launched = (last_run(srv.log) or [""])[0].split()
         v.check("serves_tuned_settings", all(x in launched for x in tuned), tuned,
                 "results/tune/best.json's serve_args on the server's command line",
                 detail="tune.apply; [] = vLLM's defaults won the tune stage")
@@ -262,10 +262,7 @@ def bring_up(v: Verdict, cluster: RayCluster, probe: dict[str, dict[str, Any]], 
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = stage_parser(__doc__, serving=True).parse_args(argv)
-    require_gate(a.gate)
-    cfg = json.loads(a.config.read_text())
-    v = Verdict("multinode", config_hash=a.config_hash)
+    a, cfg, v = open_stage("multinode", stage_parser(__doc__, serving=True), argv)
     job = slurm.job_id()
     v.nodes = nodes = slurm.job_nodes(job)
     versions = json.loads((a.results / "env" / "versions.json").read_text())

@@ -25,24 +25,16 @@ from ladder.raycommand import choose_nic
 from ladder.verdict import Verdict, write_json
 
 
-def cpu_fp8_isa() -> list[str]:
-    """The CPU features vLLM's FP8 KV cache on CPU needs (either one): model.kv_cache_dtype checks."""
+def cpuinfo() -> dict[str, str]:
+    """/proc/cpuinfo's fields, the first processor's value of each ({} where it is not readable)."""
     try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        flags = []
-    return sorted({"avx512f", "amx_tile"} & set(flags))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return {}
+    fields: dict[str, str] = {}
+    for key, _, value in (line.partition(":") for line in lines):
+        fields.setdefault(key.strip(), value.strip())
+    return fields
 
 
 def nics() -> list[dict[str, Any]]:
@@ -130,12 +122,15 @@ def probe_node(shared: Path) -> dict[str, Any]:
     host = socket.gethostname()
     vm = psutil.virtual_memory()
     du = shutil.disk_usage(shared)
+    cpu = cpuinfo()
     return {
         "hostname": host,
         "slurm_node": os.environ.get("SLURMD_NODENAME", host),
         "kernel": platform.release(),
-        "cpu": {"model": cpu_model(), "logical": psutil.cpu_count(), "physical": psutil.cpu_count(logical=False),
-                "affinity": len(os.sched_getaffinity(0)), "fp8_isa": cpu_fp8_isa()},
+        "cpu": {"model": cpu.get("model name") or platform.processor() or "unknown", "logical": psutil.cpu_count(),
+                "physical": psutil.cpu_count(logical=False), "affinity": len(os.sched_getaffinity(0)),
+                # The CPU features vLLM's FP8 KV cache on CPU needs (either one): model.kv_cache_dtype checks.
+                "fp8_isa": sorted({"avx512f", "amx_tile"} & set(cpu.get("flags", "").split()))},
         "memory": {"total_mib": vm.total // 2**20, "available_mib": vm.available // 2**20},
         "disk": {"path": str(shared.resolve()), "free_gib": round(du.free / 2**30, 1),
                  "total_gib": round(du.total / 2**30, 1)},

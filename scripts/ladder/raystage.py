@@ -18,7 +18,7 @@ import psutil
 
 from ladder import slurm
 from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
-from ladder.verdict import Verdict, require_gate, stage_parser, write_json
+from ladder.verdict import Verdict, open_stage, stage_parser, write_json
 
 
 def check_nodes(v: Verdict, cluster: RayCluster, probe: dict[str, dict[str, Any]], cpus: int) -> dict[str, str]:
@@ -108,10 +108,7 @@ def check_transfer(v: Verdict, ids: dict[str, str], head: str, size_mb: int, ifa
 def main(argv: list[str] | None = None) -> int:
     ap = stage_parser(__doc__)
     ap.add_argument("--verdict", type=Path, required=True)
-    a = ap.parse_args(argv)
-    require_gate(a.gate)
-    cfg = json.loads(a.config.read_text())
-    v = Verdict("ray", config_hash=a.config_hash)
+    a, cfg, v = open_stage("ray", ap, argv)
     job = slurm.job_id()
     nodes = slurm.job_nodes(job)
     v.nodes = nodes

@@ -42,10 +42,17 @@ def stage_wall_s(results: Path, stage: str) -> float | None:
 
 
 # ------------------------------------------------------------------ plots
+def save(fig: Any, out: Path, name: str, **kw: Any) -> str:
+    """Write the figure to out/name and free it; returns the name (the page lists every plot)."""
+    fig.tight_layout()
+    fig.savefig(out / name, **{"dpi": 110, **kw})
+    plt.close(fig)
+    return name
+
+
 def plot_bench(single: dict[str, Any], multi: dict[str, Any] | None, out: Path) -> list[str]:
     levels = list(single["results"])
     series = [("single", single)] + ([("multinode", multi)] if multi else [])
-    files = []
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.8 / len(series)
     for i, (name, data) in enumerate(series):
@@ -62,10 +69,7 @@ def plot_bench(single: dict[str, Any], multi: dict[str, Any] | None, out: Path) 
     ax.set_ylabel("output tokens/s")
     ax.set_title("Throughput: single vs multinode")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
-    plt.close(fig)
-    files.append("throughput.png")
+    files = [save(fig, out, "throughput.png")]
 
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
     for ax, metric in zip(axes, ("ttft_ms", "tpot_ms", "e2el_ms"), strict=True):
@@ -75,11 +79,7 @@ def plot_bench(single: dict[str, Any], multi: dict[str, Any] | None, out: Path) 
         ax.set_xticks([x + width * (len(series) - 1) / 2 for x in range(len(levels))], levels)
         ax.set_title(f"median {metric.replace('_ms', '').upper()} (ms)")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=110)
-    plt.close(fig)
-    files.append("latency.png")
-    return files
+    return [*files, save(fig, out, "latency.png")]
 
 
 def plot_monitor(results: Path, out: Path) -> list[str]:
@@ -104,11 +104,7 @@ def plot_monitor(results: Path, out: Path) -> list[str]:
                 ax.set_xlabel("s", fontsize=8)
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{stage}: per-node resources", fontsize=10)
-        fig.tight_layout()
-        name = f"monitor-{stage}.png"
-        fig.savefig(out / name, dpi=100)
-        plt.close(fig)
-        files.append(name)
+        files.append(save(fig, out, f"monitor-{stage}.png", dpi=100))
     return files
 
 
@@ -128,10 +124,7 @@ def plot_breakdown(breakdown: dict[str, dict[str, float]], out: Path) -> str:
     ax.set_xlabel("seconds")
     ax.set_title("Where each stage's time went")
     ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, -0.55 - 0.1 * len(phases) / 4))
-    fig.tight_layout()
-    fig.savefig(out / "breakdown.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return "breakdown.png"
+    return save(fig, out, "breakdown.png", bbox_inches="tight")
 
 
 def plan_str(bench: dict[str, Any]) -> str:
@@ -167,6 +160,11 @@ def table(headers: list[str], rows: list[list[Any]], raw_cols: tuple[int, ...] =
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def ratio_table(ratios: dict[str, dict[str, float]]) -> str:
+    """One row per bench level, one column per ratio (ladder.bench.ratios)."""
+    return table(["level", *next(iter(ratios.values()), {})], [[lv, *r.values()] for lv, r in ratios.items()])
+
+
 def badge(status: str) -> str:
     return f'<span class="badge" style="background:{COLORS.get(status, "#555")}">{esc(status.upper())}</span>'
 
@@ -189,8 +187,7 @@ def tune_plots(cands: list[dict[str, Any]], out: Path, slo_pct: Any) -> list[str
     ax.set_xlabel("offered request rate (req/s)")
     ax.set_ylabel(f"goodput (req/s meeting the SLO; {slo_pct} % needed)")
     ax.legend(fontsize=7)
-    fig.savefig(out / "tune-goodput.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    plots = [save(fig, out, "tune-goodput.png", bbox_inches="tight")]
     fig, ax = plt.subplots(figsize=(7, 4))
     for c in cands:
         pts = [p for p in c["points"] if p.get("e2el_p99_ms")]
@@ -199,9 +196,7 @@ def tune_plots(cands: list[dict[str, Any]], out: Path, slo_pct: Any) -> list[str
     ax.set_ylabel("output tok/s")
     ax.set_title("throughput vs latency (every candidate and rate)")
     ax.legend(fontsize=7)
-    fig.savefig(out / "tune-pareto.png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return ["tune-goodput.png", "tune-pareto.png"]
+    return [*plots, save(fig, out, "tune-pareto.png", bbox_inches="tight")]
 
 
 def memory_cell(mem: dict[str, float]) -> str:
@@ -227,10 +222,8 @@ def tune_part(results: Path, out: Path, scaling: dict[str, Any] | None) -> tuple
             table(["candidate", "args", "max rate meeting the SLO (req/s)", "goodput (req/s)",
                    "weights / KV cache per GPU (GiB)", "error"], rows)]
     if scaling and "ratios_multinode_over_tuned_single" in scaling:
-        r = scaling["ratios_multinode_over_tuned_single"]
-        keys = list(next(iter(r.values()), {}).keys())
         part += ["<h2>Scaling: multinode / tuned single (tune's closed-loop levels of the winner)</h2>",
-                 table(["level", *keys], [[lv, *x.values()] for lv, x in r.items()])]
+                 ratio_table(scaling["ratios_multinode_over_tuned_single"])]
     return part, plots
 
 
@@ -271,11 +264,8 @@ def deploy_part(results: Path, out: Path) -> tuple[list[str], list[str]]:
                 ax.axvline(x, color="#c62828" if e["event"] == "replica_lost" else "#1565c0", ls=":", lw=1)
                 ax.annotate(e["event"], (x, max(ys) + 0.1), fontsize=7, rotation=90, va="bottom")
         ax.set(xlabel="s since deploy started", ylabel="replicas serving", ylim=(0, max(ys) + 1.5))
-        fig.tight_layout()
-        fig.savefig(out / "deploy-timeline.png", dpi=110)
-        plt.close(fig)
+        plots.append(save(fig, out, "deploy-timeline.png"))
         parts.append('<img src="deploy-timeline.png" alt="replicas serving over time">')
-        plots.append("deploy-timeline.png")
     if bench := load(d / "bench.json"):
         parts += ["<h3>Router benchmark (vllm bench serve through the router, one run)</h3>",
                   table(["replicas", "level", "output tok/s", "requests/s", "TTFT median ms"],
@@ -325,10 +315,8 @@ def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "
                      f"{esc(', '.join(multi['metadata']['nodes']))}; single: {esc(plan_str(single))} on "
                      f"{esc(', '.join(single['metadata']['nodes']))}.</p>")
     if scaling:
-        srows = [[lv, *r.values()] for lv, r in scaling["ratios_multinode_over_single"].items()]
-        keys = list(next(iter(scaling["ratios_multinode_over_single"].values()), {}).keys())
         parts += ["<h2>Scaling: multinode / single (same bench settings, same run)</h2>",
-                  f"<p>{esc(scaling.get('note', ''))}</p>", table(["level", *keys], srows)]
+                  f"<p>{esc(scaling.get('note', ''))}</p>", ratio_table(scaling["ratios_multinode_over_single"])]
     parts += tune_html
     if single:
         brow = []

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ladder.logs import MEMORY, largest
+from ladder.logs import vllm_memory
 
 GIB = 2**30
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "auto": 2}
@@ -44,12 +44,6 @@ def single_stream_tok_s(tpot_median_ms: float) -> float:
 def copy_bandwidth(size_bytes: int, seconds_per_copy: float) -> float:
     """Bytes/s of a device-to-device copy, counting bytes read and written."""
     return 2 * size_bytes / seconds_per_copy
-
-
-def weight_bytes_from_log(text: str) -> float | None:
-    """Per-GPU weight bytes from vLLM's "Model loading took X GiB" lines (largest rank)."""
-    gib = largest(text.splitlines(), {"w": MEMORY["weights_gib_per_gpu"]}).get("w")
-    return gib * GIB if gib else None
 
 
 def param_count(cfg: dict[str, Any]) -> int:
@@ -130,12 +124,8 @@ def measure_in_subprocess(timeout: float = 180, python: str = sys.executable) ->
 
 def weight_bytes(server_log: Path, model_path: str, dtype: str, tp: int) -> tuple[float, str]:
     """(bytes per GPU, source): vLLM's own report, else the config's parameter count."""
-    try:
-        found = weight_bytes_from_log(server_log.read_text(errors="replace"))
-    except OSError:
-        found = None
-    if found:
-        return found, "vLLM log: Model loading took ... GiB"
+    if gib := vllm_memory(server_log).get("weights_gib_per_gpu"):  # the largest rank's
+        return gib * GIB, "vLLM log: Model loading took ... GiB"
     cfg = json.loads((Path(model_path) / "config.json").read_text())
     return weight_bytes_from_config(cfg, dtype, tp), f"config.json parameter count x {dtype} bytes / TP={tp}"
 

@@ -554,15 +554,13 @@ def down(state_dir: Path, instance: int = 0, quiet: bool = False) -> None:
     state = load_state(state_dir)
     if state:
         instance = state.spec.instance
-    expected = {"slurmctld": "slurmctld", "munged": "munged", "slurmd": "slurmd", "mariadbd": "mariadbd",
-                "slurmdbd": "slurmdbd"}
     ours = []
     if state:
         others = [ns for ns in (Path("/run/netns").glob("ladder*-*")) if not ns.name.startswith(ns_prefix(instance))]
         for role, pid in state.pids.items():
             if role == "munged" and others:
                 continue  # another sandbox still authenticates through it
-            if pid_alive(pid, expected[role.split(":")[0]]):
+            if pid_alive(pid, role.split(":")[0]):  # a role is named after its daemon (slurmd:n1: slurmd)
                 ours.append(pid)
     # Jobs, Ray and vLLM left inside our nodes (e.g. after slurmd was killed -9).
     ours += [p for p in pids_in_namespaces(instance) if p not in ours]

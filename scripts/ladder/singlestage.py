@@ -19,7 +19,7 @@ from ladder import plan, roofline, slurm, vllmserver
 from ladder.bench import metadata, run_sweep
 from ladder.logs import shorten
 from ladder.monitor import Sampler
-from ladder.verdict import Verdict, reference_check, require_gate, stage_parser, write_json
+from ladder.verdict import Verdict, open_stage, reference_check, stage_parser, write_json
 from ladder.vllmserver import Server, ServerError, api_key, check_healthy, cpu_env, resolve_model, serve_args, smoke
 
 
@@ -99,11 +99,7 @@ def model_fit(v: Verdict, cfg: dict[str, Any], probe_node: dict[str, Any], model
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = stage_parser(__doc__, serving=True)
-    a = ap.parse_args(argv)
-    require_gate(a.gate)
-    cfg = json.loads(a.config.read_text())
-    v = Verdict("single", config_hash=a.config_hash)
+    a, cfg, v = open_stage("single", stage_parser(__doc__, serving=True), argv)
     node = socket.gethostname()
     v.nodes = [node]
     job = slurm.job_id()

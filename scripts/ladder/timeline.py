@@ -6,6 +6,7 @@ The queue wait comes from Slurm's record of the job, everything else from the st
 
 from __future__ import annotations
 
+import json
 import subprocess
 from datetime import datetime
 from pathlib import Path
@@ -54,8 +55,6 @@ def stage_breakdown(stage: str, verdict: dict[str, Any], wall_s: float | None, r
         parts["api_ready_rest"] = max(healthy - sum(phases.values()), 0.0)
     bench = results / stage / "bench.json"
     if bench.exists():
-        import json
-
         parts["benchmark"] = sum(r["duration_s"] for r in json.loads(bench.read_text())["results"].values())
     if wall_s is not None:
         parts["other"] = max(wall_s - sum(v for k, v in parts.items() if k != "queue_wait"), 0.0)

@@ -26,7 +26,7 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 MARKER = "ladder-tinymodel.json"
@@ -169,7 +169,9 @@ def _weight_problems(root: Path) -> list[str]:
     return [f"{root}: no weights (*.safetensors or pytorch_model*.bin)"]
 
 
-def _train_tokenizer(recipe: Recipe, texts: Iterable[str]):  # -> PreTrainedTokenizerFast
+def _train_tokenizer(recipe: Recipe, corpus: Sequence[Path],
+                     pad_to: int | None = None):  # -> PreTrainedTokenizerFast
+    """Byte-level BPE of `recipe.vocab_size` learnt from `corpus`, padded to `pad_to` ids (pad_vocab)."""
     # Imported lazily: check_model_dir must stay cheap for the pre-submit check.
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -184,7 +186,9 @@ def _train_tokenizer(recipe: Recipe, texts: Iterable[str]):  # -> PreTrainedToke
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # any byte stays encodable
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer)
+    tok.train_from_iterator((p.read_text(encoding="utf-8", errors="replace") for p in corpus), trainer)
+    if pad_to:
+        tok = Tokenizer.from_str(pad_vocab(tok.to_str(), pad_to))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -250,7 +254,7 @@ def build(out: Path, recipe: Recipe) -> str:
     from transformers import AutoModelForCausalLM
 
     start = time.monotonic()
-    tokenizer = _train_tokenizer(recipe, (p.read_text(encoding="utf-8", errors="replace") for p in corpus))
+    tokenizer = _train_tokenizer(recipe, corpus)
     ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     config = tiny_config(recipe, bos=ids[0], eos=ids[2])
     torch.manual_seed(recipe.seed)
@@ -321,9 +325,6 @@ def pad_vocab(tokenizer_json: str, vocab_size: int) -> str:
 
 def build_shape(out: Path, shape: str, recipe: Recipe) -> str:
     """Config of a real architecture + the local tokenizer padded to its vocabulary; no weights."""
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
     arch = SHAPES[shape]
     vocab_size = int(arch["vocab_size"])  # type: ignore[call-overload]
     corpus = _corpus()
@@ -333,10 +334,7 @@ def build_shape(out: Path, shape: str, recipe: Recipe) -> str:
     if _already_built(out, digest, require_weights=False):
         return f"tinymodel: {out} already built ({shape}, recipe {digest}), nothing to do"
     start = time.monotonic()
-    trained = _train_tokenizer(recipe, (p.read_text(encoding="utf-8", errors="replace") for p in corpus))
-    padded = Tokenizer.from_str(pad_vocab(trained.backend_tokenizer.to_str(), vocab_size))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=padded, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        chat_template=CHAT_TEMPLATE, model_max_length=recipe.max_position)
+    tokenizer = _train_tokenizer(recipe, corpus, pad_to=vocab_size)
     ids = [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS]
     config = {**arch, "bos_token_id": ids[0], "eos_token_id": ids[2], "pad_token_id": ids[0]}
     def write(tmp: Path) -> None:
@@ -368,8 +366,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--layers must be >= 1")
     if args.shape:
         print(build_shape(args.out, args.shape, Recipe(seed=args.seed)))
-        return 0
-    print(build(args.out, Recipe(seed=args.seed, layers=args.layers, architecture=args.architecture)))
+    else:
+        print(build(args.out, Recipe(seed=args.seed, layers=args.layers, architecture=args.architecture)))
     return 0
 
 

@@ -28,7 +28,7 @@ from ladder import bench, slurm
 from ladder.bench import median_run, run_bench
 from ladder.goodput import DEFAULTS, Candidate, candidates, pick, rate_point, slo_args
 from ladder.logs import vllm_memory
-from ladder.verdict import Verdict, require_gate, stage_parser, write_json
+from ladder.verdict import open_stage, stage_parser, write_json
 from ladder.vllmserver import Server, ServerError, api_key, cpu_env, resolve_model, serve_args
 
 
@@ -122,12 +122,8 @@ def option(key: str, value: Any) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = stage_parser(__doc__, serving=True)
-    a = ap.parse_args(argv)
-    require_gate(a.gate)
-    cfg = json.loads(a.config.read_text())
+    a, cfg, v = open_stage("tune", stage_parser(__doc__, serving=True), argv)
     t = cfg["tune"]
-    v = Verdict("tune", config_hash=a.config_hash)
     node = socket.gethostname()
     v.nodes = [node]
     versions = json.loads((a.results / "env" / "versions.json").read_text())

@@ -64,12 +64,7 @@ class Verdict:
             # A stage that checked nothing has not shown that anything works.
             self.check("checked_something", False, len(self.checks), ">= 1 check that ran",
                        detail="no check of this stage passed or failed (all absent or not applicable)")
-        if self.failed:
-            self.status = "fail"
-        elif self.degraded_reason:
-            self.status = "degraded"
-        else:
-            self.status = "pass"
+        self.status = "fail" if self.failed else "degraded" if self.degraded_reason else "pass"
         self.finished = now()
         path = Path(path)
         write_json(path, asdict(self))
@@ -132,6 +127,14 @@ def reference_check(verdict: Verdict, metric: str, value: float, references: dic
     ok = lo <= value <= hi
     return verdict.check(f"perf:{metric}", ok, round(value, 4), [target, lower, upper], unit,
                          detail=f"allowed [{lo:.4g}, {hi:.4g}]")
+
+
+def open_stage(stage: str, ap: argparse.ArgumentParser,
+               argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any], Verdict]:
+    """A node stage's start: its arguments, its gate (exits if closed), its config and its verdict."""
+    a = ap.parse_args(argv)
+    require_gate(a.gate)
+    return a, json.loads(a.config.read_text()), Verdict(stage, config_hash=a.config_hash)
 
 
 def stage_parser(description: str, *, serving: bool = False) -> argparse.ArgumentParser:

