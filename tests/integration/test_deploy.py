@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import httpx2
@@ -178,13 +177,15 @@ def test_queue_depth_scales_up_and_the_new_replica_takes_traffic(deployment, cli
     new = max(added.values(), key=lambda r: r["submitted"])
 
     def served_by_new() -> bool:
-        # A prompt no replica has seen: cache_aware sends it to the replica with the least cached.
-        client.completions.create(model="tiny", prompt=f"Hello {uuid.uuid4()}", max_tokens=4)
         text = httpx2.get(f"{new['url']}/metrics", timeout=5).text
         return any(line.startswith("vllm:request_success_total") and float(line.split()[-1]) > 0
                    for line in text.splitlines())
 
-    wait_for("a request served by the new replica", served_by_new, 30, ladder_workdir)
+    # Under load again: cache_aware keeps one client's sequential requests where it routed the first
+    # (ties between idle replicas go one way: seen in the full run), and sends to the least loaded
+    # replica once their requests in flight differ (deploy.balance_abs_threshold).
+    with Load(client, clients=6, stream=False):
+        wait_for("a request served by the new replica", served_by_new, 60, ladder_workdir)
     took_traffic_s = time.monotonic() - t_decided
     up = next(e for e in events(ladder_workdir) if e["event"] == "scale_up")
     assert "waiting per replica" in up["reason"]
