@@ -52,5 +52,12 @@ for n in ("torch", "numpy", "transformers", "tokenizers", "triton", "nvidia-nccl
     except md.PackageNotFoundError:
         print(f"  image {n}: not installed")
 EOF
+# Every distribution of the image with its version (issue 14, item 6: the CUDA lock pins what the image
+# provides, so a pip-resolved closure of envs/cuda.lock.txt needs these versions; KINDS.md lists some).
+if [ -n "${OUT:-}" ]; then
+  env -u PYTHONPATH python3 -m pip list --format=freeze >"$OUT/image-freeze.txt" 2>/dev/null \
+    && ok "image freeze: $(wc -l <"$OUT/image-freeze.txt") distributions in \$OUT/image-freeze.txt" \
+    || echo "info pip list failed (image freeze not recorded)"
+fi
 echo "devcheck: $([ $fail = 0 ] && echo PASS || echo FAIL)"
 exit $fail
