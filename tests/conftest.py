@@ -223,7 +223,7 @@ def two_node_run(sandbox, ladder_workdir) -> DagRun:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests without a kind marker get one from their folder, so `-m unit` / `-m sandbox` miss none."""
-    kinds = {"unit", "sandbox", "gpu"}
+    kinds = {"unit", "sandbox", "gpu", "registry"}
     for item in items:
         if kinds & {m.name for m in item.iter_markers()}:
             continue
