@@ -67,6 +67,7 @@ def resolve(lock: Path, overrides: Path, python: str, platform: str) -> dict[str
         out = Path(tmp) / "resolved.txt"
         cmd = [str(uv), "pip", "compile", str(lock), "--python-version", python, "--python-platform", platform,
                "--index-strategy", "unsafe-best-match", "--no-header", "--no-annotate", "-q", "-o", str(out),
+               "--system-certs",  # the platform's CA store, as pip's: a site's TLS proxy is trusted there
                *(["--override", str(overrides)] if overrides.exists() else []), *pip_sources(config, dict(os.environ))]
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if run.returncode != 0:
