@@ -22,7 +22,9 @@ import psutil
 import pytest
 from conftest import API_KEY, TWO, run_snakemake
 
+from ladder.bench import bench_args
 from ladder.sandbox import pids_in_namespaces
+from ladder.vllmserver import resolve_model
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 # One replica to start, two at most; a replica runs at most 2 sequences at once, so 8 concurrent
@@ -59,14 +61,11 @@ def wait_for(what: str, pred, timeout: float, workdir: Path):
 
 
 class Load:
-    """Bounded load: `clients` threads sending completions until stopped (at most 3000 requests).
+    """Bounded load: `clients` threads sending streaming completions until stopped (at most 3000 requests),
+    each request's outcome recorded (the node-kill test). A load meant to fill a queue is BenchLoad."""
 
-    Streaming costs the client a parse per token: on 2 shared cores 6 streaming threads top out near what
-    one replica serves, so its queue stays empty (by Little's law about one request is at the server).
-    A load meant to fill the queue does not stream."""
-
-    def __init__(self, client: openai.OpenAI, clients: int, max_tokens: int = 64, stream: bool = True) -> None:
-        self.client, self.max_tokens, self.stream, self.stop = client, max_tokens, stream, threading.Event()
+    def __init__(self, client: openai.OpenAI, clients: int, max_tokens: int = 64) -> None:
+        self.client, self.max_tokens, self.stop = client, max_tokens, threading.Event()
         self.results: list[tuple[float, float, str]] = []  # (start, end, "ok" or the error)
         self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(clients)]
 
@@ -74,9 +73,8 @@ class Load:
         while not self.stop.is_set() and len(self.results) < 3000:
             t = time.monotonic()
             try:
-                out = self.client.completions.create(model="tiny", prompt="Tell me", stream=self.stream,
-                                                     max_tokens=self.max_tokens)
-                chunks = list(out) if self.stream else [out]
+                chunks = list(self.client.completions.create(model="tiny", prompt="Tell me", stream=True,
+                                                             max_tokens=self.max_tokens))
                 # A stream cut by a dead server just ends: only a finish_reason says it completed.
                 outcome = "ok" if any(c.choices and c.choices[0].finish_reason for c in chunks) else "cut short"
             except openai.APIError as err:
@@ -165,9 +163,39 @@ def test_deploy_serves_the_openai_client_through_the_router(deployment, client, 
     assert deployment.results.joinpath("deploy", "replicas", f"{replica['job']}.json").exists()
 
 
+class BenchLoad:
+    """Closed-loop load from `vllm bench serve` in a process of its own (8 in flight, 64 tokens each,
+    at most 2000 requests): the full suite's pytest process, its client threads sharing one
+    interpreter, twice kept only one request at a time at the replica (no queue, no scale-up)."""
+
+    def __init__(self, workdir: Path) -> None:
+        cfg = json.loads((workdir / "results" / "deploy" / "config.json").read_text())
+        state_ = state(workdir)
+        model_path, served = resolve_model(cfg["model"], Path(state_["cache"]))
+        workload = {"input_len": 16, "output_len": 64, "num_prompts": 2000, "seed": 0, "warmup_prompts": 0,
+                    "burstiness": 1.0}
+        out = workdir / "results" / "deploy" / "scale-load.json"
+        self.cmd = [sys.executable, "-m", "ladder.vllm_cli", "bench", "serve",
+                    *bench_args(state_["router"]["url"], served, model_path, workload, out, 0, concurrency=8)]
+        self.log = workdir / "results" / "logs" / "deploy" / "scale-load.log"
+
+    def __enter__(self) -> BenchLoad:
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, OPENAI_API_KEY=API_KEY), start_new_session=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
 def test_queue_depth_scales_up_and_the_new_replica_takes_traffic(deployment, client, ladder_workdir):
     assert len(serving(ladder_workdir)) == 1, "starts from the deployment's one replica"
-    with Load(client, clients=6, stream=False):
+    with BenchLoad(ladder_workdir):
         wait_for("a scale_up decision", lambda: [e for e in events(ladder_workdir) if e["event"] == "scale_up"],
                  120, ladder_workdir)
     # The load stops at the decision: on 2 cores it would only slow the new replica's start.
@@ -184,7 +212,7 @@ def test_queue_depth_scales_up_and_the_new_replica_takes_traffic(deployment, cli
     # Under load again: cache_aware keeps one client's sequential requests where it routed the first
     # (ties between idle replicas go one way: seen in the full run), and sends to the least loaded
     # replica once their requests in flight differ (deploy.balance_abs_threshold).
-    with Load(client, clients=6, stream=False):
+    with BenchLoad(ladder_workdir):
         wait_for("a request served by the new replica", served_by_new, 60, ladder_workdir)
     took_traffic_s = time.monotonic() - t_decided
     up = next(e for e in events(ladder_workdir) if e["event"] == "scale_up")
