@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 GIB = 2**30
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # ladder, for both subcommands
 
 # Order matters: FlashAttention kernels are cutlass kernels too; cutlass FP8 GEMMs contain "fp8".
 CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
@@ -92,16 +93,11 @@ def gemm_bytes_per_step(cfg: dict[str, Any], fp8: bool) -> dict[str, float]:
 
     The input embedding is not among them (one row per token), though vLLM's loaded weights count it.
     Online FP8 quantizes the decoder's linear layers; lm_head stays in the model dtype (2 bytes)."""
-    cfg = cfg.get("text_config", cfg)
-    h, inter, layers, vocab = (int(cfg[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                     "vocab_size"))
-    heads = int(cfg["num_attention_heads"])
-    kv = int(cfg.get("num_key_value_heads", heads))
-    head_dim = int(cfg.get("head_dim") or h // heads)
-    per_layer = h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * inter
-    layer_bytes = layers * per_layer * (1 if fp8 else 2)
-    lm_head = vocab * h * 2
-    embed = vocab * h * 2
+    from ladder.roofline import linear_shape
+
+    s = linear_shape(cfg)
+    layer_bytes = s["layers"] * s["linear_per_layer"] * (1 if fp8 else 2)
+    lm_head = embed = s["vocab"] * s["hidden"] * 2
     return {"decoder_linear_gib": round(layer_bytes / GIB, 3), "lm_head_gib": round(lm_head / GIB, 3),
             "gemm_read_gib_per_step": round((layer_bytes + lm_head) / GIB, 3),
             "input_embedding_gib_not_read": round(embed / GIB, 3)}
@@ -309,7 +305,6 @@ def run(a: argparse.Namespace) -> int:
     import yaml
 
     root = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(root / "scripts"))
     # The server and the bandwidth measurement are `python -m ladder...` children.
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root / "scripts"), os.environ.get("PYTHONPATH")]))
     from ladder import roofline
