@@ -168,8 +168,8 @@ def capacity_problem(replicas: int, layout: dict[str, Any], usable: list[str]) -
     return None
 
 
-def usable_nodes(cfg: dict[str, Any], unprobed: list[str]) -> list[str]:
-    return sorted(set(slurm.partition_nodes(cfg["cluster"]["partition"])) - set(unprobed))
+def usable_nodes(partition: list[str], unprobed: list[str]) -> list[str]:
+    return sorted(set(partition) - set(unprobed))
 
 
 def ray_cluster(cfg: dict[str, Any], paths: Paths, a: argparse.Namespace, job: str, tp: int) -> RayCluster:
@@ -463,9 +463,9 @@ def start(a: argparse.Namespace) -> int:
                           "`python -m ladder.deploy stop` first")
     layout = replica_layout(paths.results, d["layout"])
     # A replica over several nodes is addressed as the probe found them: only probed nodes for it.
-    unprobed = sorted(set(slurm.partition_nodes(cfg["cluster"]["partition"])) - set(probed(paths.results))
-                      ) if layout["pipeline_parallel_size"] > 1 else []
-    if problem := capacity_problem(d["replicas"], layout, usable_nodes(cfg, unprobed)):
+    partition = slurm.partition_nodes(cfg["cluster"]["partition"])
+    unprobed = sorted(set(partition) - set(probed(paths.results))) if layout["pipeline_parallel_size"] > 1 else []
+    if problem := capacity_problem(d["replicas"], layout, usable_nodes(partition, unprobed)):
         raise DeployError(problem)  # before the router or any job
     for f in (paths.state, paths.events, paths.request, paths.stopped):
         f.unlink(missing_ok=True)
@@ -576,7 +576,8 @@ def scale(paths: Paths, n: int, timeout: float) -> dict[str, Any]:
     if not d["min_replicas"] <= n <= d["max_replicas"]:
         raise DeployError(f"scale {n}: outside deploy.min_replicas..max_replicas "
                           f"({d['min_replicas']}..{d['max_replicas']})")
-    if problem := capacity_problem(n, s["layout"], usable_nodes(read_json(paths.config), s["unprobed"])):
+    partition = slurm.partition_nodes(read_json(paths.config)["cluster"]["partition"])
+    if problem := capacity_problem(n, s["layout"], usable_nodes(partition, s["unprobed"])):
         raise DeployError(problem)
     write_json(paths.request, {"id": time.time_ns(), "replicas": n})
 
