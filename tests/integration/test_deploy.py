@@ -180,7 +180,8 @@ class BenchLoad:
         self.log = workdir / "results" / "logs" / "deploy" / "scale-load.log"
 
     def __enter__(self) -> BenchLoad:
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+        self.out = self.log.open("a")  # both loads of the test in one log
+        self.proc = subprocess.Popen(self.cmd, stdout=self.out, stderr=subprocess.STDOUT,
                                      env=dict(os.environ, OPENAI_API_KEY=API_KEY), start_new_session=True)
         return self
 
@@ -191,6 +192,7 @@ class BenchLoad:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
+        self.out.close()
 
 
 def test_queue_depth_scales_up_and_the_new_replica_takes_traffic(deployment, client, ladder_workdir):
