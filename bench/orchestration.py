@@ -1,9 +1,11 @@
-"""Orchestration overhead of the env -> probe DAG on the sandbox cluster.
+"""Orchestration overhead of the env -> probe -> ray DAG on the sandbox cluster.
 
 Runs the real DAG (snakemake --profile profiles/sandbox) in a fresh work directory per
-run, once with the Slurm executor plugin as it comes (`--executor slurm`, its status-check
-defaults) and once as the profile has it (`slurm-sandbox`: the plugin with its back-off
-capped, tuned intervals), interleaved, and splits every stage's wall time into
+run, interleaved: with the Slurm executor plugin as it comes (`--executor slurm`, its
+status-check defaults), as the profile has it (`slurm-sandbox`: the plugin with its back-off
+capped, tuned intervals), and as the profile has it with `cluster.one_allocation` (the
+stages as one Snakemake job group: one Slurm job). A job per stage splits every stage's
+wall time into
 
   gap_before_s  previous stage seen finished (or Snakemake start) -> this one submitted
   work_s        the stage's own work (Snakemake's benchmark: TSV, column s)
@@ -11,11 +13,13 @@ capped, tuned intervals), interleaved, and splits every stage's wall time into
   in_job_s      job allocated -> job done, minus work_s  (jobstep Snakemake start-up, srun)
   detect_s      job done (slurmctld) -> Snakemake reports it finished (status checks)
   overhead_s    submitted -> seen finished, minus work_s (= everything but the work)
-and for the whole DAG: wall time, work, overhead and shutdown (last stage seen -> exit).
+and for the whole DAG: wall time, work, overhead and shutdown (last stage seen -> exit);
+with one allocation the same fields describe its one job (work = the stages' work summed).
+Every variant's overhead per stage is its DAG overhead divided by the number of stages.
 
 Timestamps: slurmctld's log (milliseconds) and the arrival time of Snakemake's own
-output lines. Writes results/bench/orchestration.json with metadata and the ratio
-tuned/default measured in the same invocation.
+output lines. Writes results/bench/orchestration.json with metadata and the ratios
+tuned/default and one_allocation/tuned measured in the same invocation.
 
     python bench/orchestration.py [--instance 7] [--nodes 2] [--repeat 1]
 """
@@ -44,8 +48,8 @@ from snakemake.utils import update_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TARGET = "results/probe/verdict.json"
-STAGES = ("env", "probe")
+TARGET = "results/ray/verdict.json"
+STAGES = ("env", "probe", "ray")
 
 # The plugin as it comes: its defaults (Snakemake's own for the interval); the sandbox's
 # status command and log folder, so only the status checks differ.
@@ -53,18 +57,20 @@ DEFAULTS = {"executor": "slurm", "slurm-init-seconds-before-status-checks": "40"
             "seconds-between-status-checks": "10", "slurm-status-command": "squeue",
             "slurm-logdir": "results/logs/slurm"}
 TUNED_KEYS = ("executor", "slurm-sandbox-init-seconds-before-status-checks", "seconds-between-status-checks")
+VARIANTS = ("default", "tuned", "one_allocation")
 STAGE_FIELDS = ("gap_before_s", "work_s", "overhead_s", "queue_s", "in_job_s", "detect_s")
 
-SUBMIT = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: \S*/rule_(\w+)/")
+# The log folder names the rule (rule_<rule>/) or the group (group_stages_<rules>/).
+SUBMIT = re.compile(r"Job \S+ has been submitted with SLURM jobid (\d+) \(log: \S*/(?:rule|group)_(\w+)/")
 FINISHED = re.compile(r"Finished jobid: (\d+) \(Rule: (\w+)\)")
 CTLD = re.compile(r"^\[(\S+)\] (?:_slurm_rpc_submit_batch_job: JobId=(\d+) "
                   r"|(?:sched: Allocate|sched/backfill: _start_job: Started) JobId=(\d+) "
                   r"|_job_complete: JobId=(\d+) done)")
 
 
-def bench_config(nodes: int) -> dict[str, Any]:
+def bench_config(nodes: int, one_allocation: bool = False) -> dict[str, Any]:
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text()) or {}
-    update_config(cfg, {"cluster": {"nodes": nodes}})
+    update_config(cfg, {"cluster": {"nodes": nodes, "one_allocation": one_allocation}})
     prefix = Path(cfg.get("env", {}).get("prefix", ".venv"))
     cfg.setdefault("env", {})["prefix"] = str(prefix if prefix.is_absolute() else ROOT / prefix)
     return cfg
@@ -103,7 +109,7 @@ def run_once(variant: str, settings: dict[str, str], cfg: dict[str, Any], env: d
         cmd += [f"--{k}", str(v)]
     cmd.append(TARGET)
     offset = ctld_log.stat().st_size
-    submitted: dict[str, tuple[int, float]] = {}  # rule -> (slurm job id, seen at)
+    submitted: dict[str, tuple[int, float]] = {}  # rule or group -> (slurm job id, seen at)
     finished: dict[str, float] = {}
     lines = []
     t0 = time.time()
@@ -114,34 +120,38 @@ def run_once(variant: str, settings: dict[str, str], cfg: dict[str, Any], env: d
         now = time.time()
         lines.append(line)
         if m := SUBMIT.search(line):
-            submitted[m[3]] = (int(m[2]), now)
+            submitted[m[2]] = (int(m[1]), now)
         elif m := FINISHED.search(line):
             finished[m[2]] = now
     rc = proc.wait()
     t_end = time.time()
-    if rc != 0 or set(submitted) != set(STAGES):
+    # Each Slurm job and the stages it ran: one each, or one group named after them (stages_env_probe_ray).
+    jobs = {name: [st for st in STAGES if st in name.split("_")] for name in submitted}
+    ran = sorted(st for rules in jobs.values() for st in rules)
+    if rc != 0 or ran != sorted(STAGES):
         raise SystemExit(f"{variant} run failed (exit {rc}, submitted {sorted(submitted)}):\n{''.join(lines[-40:])}")
     events = ctld_events(ctld_log, offset)
     stages = {}
     previous = t0
-    for rule in sorted(STAGES, key=lambda r: submitted[r][1]):
-        jid, t_sub = submitted[rule]
+    for name in sorted(jobs, key=lambda n: submitted[n][1]):
+        jid, t_sub = submitted[name]
         ev = events.get(jid, {})
-        work = float(next(csv_rows(wd / "results" / "benchmarks" / f"{rule}.tsv"))["s"])
-        seen = finished[rule]
+        work = sum(float(next(csv_rows(wd / "results" / "benchmarks" / f"{st}.tsv"))["s"]) for st in jobs[name])
+        seen = max(finished[st] for st in jobs[name])
         wall = seen - t_sub
         row = {"slurm_job": jid, "gap_before_s": t_sub - previous, "work_s": work, "wall_s": wall,
                "overhead_s": wall - work}
         if {"submit", "start", "end"} <= ev.keys():
             row |= {"queue_s": ev["start"] - ev["submit"], "in_job_s": ev["end"] - ev["start"] - work,
                     "detect_s": seen - ev["end"]}
-        stages[rule] = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+        stages[name] = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
         previous = seen
     total_work = sum(s["work_s"] for s in stages.values())
     result = {"variant": variant, "settings": settings, "workdir": str(wd) if keep else None,
               "dag_wall_s": round(t_end - t0, 3), "work_s": round(total_work, 3),
-              "overhead_s": round(t_end - t0 - total_work, 3), "shutdown_s": round(t_end - previous, 3),
-              "stages": stages}
+              "overhead_s": round(t_end - t0 - total_work, 3),
+              "overhead_per_stage_s": round((t_end - t0 - total_work) / len(STAGES), 3),
+              "shutdown_s": round(t_end - previous, 3), "stages": stages}
     if not keep:
         shutil.rmtree(wd, ignore_errors=True)
     return result
@@ -165,16 +175,17 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return round(statistics.fmean(xs), 3)
 
     out: dict[str, Any] = {}
-    for variant in ("default", "tuned"):
+    for variant in VARIANTS:
         rs = [r for r in runs if r["variant"] == variant]
-        out[variant] = {"runs": len(rs), **{k: mean([r[k] for r in rs])
-                                            for k in ("dag_wall_s", "work_s", "overhead_s", "shutdown_s")},
-                        "stages": {st: {k: mean([r["stages"][st][k] for r in rs])
-                                        for k in STAGE_FIELDS if all(k in r["stages"][st] for r in rs)}
-                                   for st in STAGES}}
-    d, t = out["default"], out["tuned"]
-    out["ratio_tuned_over_default"] = {"dag_wall": round(t["dag_wall_s"] / d["dag_wall_s"], 3),
-                                       "overhead": round(t["overhead_s"] / d["overhead_s"], 3)}
+        out[variant] = {"runs": len(rs), **{k: mean([r[k] for r in rs]) for k in
+                                            ("dag_wall_s", "work_s", "overhead_s", "overhead_per_stage_s",
+                                             "shutdown_s")},
+                        "stages": {job: {k: mean([r["stages"][job][k] for r in rs])
+                                         for k in STAGE_FIELDS if all(k in r["stages"][job] for r in rs)}
+                                   for job in rs[0]["stages"]}}
+    for a, b in (("tuned", "default"), ("one_allocation", "tuned")):
+        out[f"ratio_{a}_over_{b}"] = {k: round(out[a][f"{k}_s"] / out[b][f"{k}_s"], 3)
+                                      for k in ("dag_wall", "overhead")}
     return out
 
 
@@ -200,17 +211,17 @@ def main(argv: list[str] | None = None) -> int:
     conf = state_dir / "etc" / "slurm.conf"
     env = dict(os.environ, SLURM_CONF=str(conf), PATH=f"{BIN}:{os.environ.get('PATH', '')}")
     ctld_log = state_dir / "log" / "slurmctld.log"
-    cfg = bench_config(a.nodes)
-    variants = {"default": DEFAULTS, "tuned": tuned_settings()}
+    cfgs = {v: bench_config(a.nodes, one_allocation=v == "one_allocation") for v in VARIANTS}
+    variants = {"default": DEFAULTS, "tuned": tuned_settings(), "one_allocation": tuned_settings()}
     runs = []
     for i in range(a.repeat):
         for name, settings in variants.items():
             print(f"[{i + 1}/{a.repeat}] {name}: {settings}", flush=True)
-            r = run_once(name, settings, cfg, env, ctld_log, a.keep)
+            r = run_once(name, settings, cfgs[name], env, ctld_log, a.keep)
             print(f"  DAG {r['dag_wall_s']:.1f}s = work {r['work_s']:.1f}s + overhead {r['overhead_s']:.1f}s"
                   f" (shutdown {r['shutdown_s']:.1f}s)", flush=True)
             for st, row in r["stages"].items():
-                print(f"  {st:6s} " + " ".join(f"{k[:-2]} {row[k]:.1f}" for k in STAGE_FIELDS if k in row), flush=True)
+                print(f"  {st:20s} " + " ".join(f"{k[:-2]} {row[k]:.1f}" for k in STAGE_FIELDS if k in row), flush=True)
             runs.append(r)
     sinfo = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %c %m"], env=env, capture_output=True, text=True).stdout
     slurm = subprocess.run(["sinfo", "--version"], env=env, capture_output=True, text=True).stdout.strip()
@@ -225,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                      "slurm": slurm},
         "sandbox": {"instance": a.instance, "nodes": sinfo.split("\n")[:-1]},
         "dag": {"target": TARGET, "stages": list(STAGES), "cluster_nodes": a.nodes},
-        "config_hash": hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12],
+        "config_hash": hashlib.sha256(json.dumps(cfgs["tuned"], sort_keys=True).encode()).hexdigest()[:12],
         "settings": variants,
         "summary": summarize(runs),
         "runs": runs,

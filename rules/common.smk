@@ -121,6 +121,18 @@ def mpi_launcher(wildcards, attempt):
     return "srun" if node_count(wildcards, attempt) > 1 else ""
 
 
+# cluster.one_allocation: the stage rules share this job group, so Snakemake submits the stages a
+# run needs as one Slurm job (sized for the largest, wall time summed) and runs them inside it.
+GROUP = "stages" if config["cluster"]["one_allocation"] else None
+
+
+onstart:
+    # The command line's settings exist once parsing is done; this runs before any job is submitted.
+    if GROUP and not workflow.execution_settings.keep_incomplete:
+        sys.exit("cluster.one_allocation needs --keep-incomplete (profile key `keep-incomplete: true`, as in "
+                 "profiles/slurm): on a failed stage Snakemake would delete the outputs of every stage in the job")
+
+
 def stage_resources(stage, nodes=1, mpi=False, gpus=True, mem_mb=None):
     """Slurm resources for one stage job (the plugin turns them into sbatch flags)."""
     c = config["cluster"]
@@ -141,7 +153,11 @@ def stage_resources(stage, nodes=1, mpi=False, gpus=True, mem_mb=None):
     if mpi:
         # The rule's own srun is the top-level step across all nodes (DESIGN.md §5).
         res["mpi"] = mpi_launcher if multi else ""
-    if gpus and GPUS:
+    elif GROUP:
+        # A group's string resources must agree, and the jobstep plugin wraps only rules without the
+        # key in `srun -n1`: a one-node stage then runs on the allocation's first node, as in its own job.
+        res["mpi"] = mpi_launcher
+    if (gpus or GROUP) and GPUS:
         # gres per node; `gpu=N` would mean N for the whole job.
         res["gres"] = slurm.gres(c)
         # The plugin adds --ntasks-per-gpu=<tasks> to any GPU job (issue #316), which Slurm

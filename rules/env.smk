@@ -17,6 +17,7 @@ rule env:
     benchmark:
         "results/benchmarks/env.tsv"
     retries: FAULTS["retries"]
+    group: GROUP
     resources:
         **stage_resources("env", nodes=1, gpus=False, mem_mb=2000),
     shell:

@@ -24,6 +24,7 @@ rule multinode:
     benchmark:
         "results/benchmarks/multinode.tsv"
     retries: FAULTS["retries"]
+    group: GROUP
     resources:
         **stage_resources("multinode", nodes=NODES, mpi=True),
     shell:

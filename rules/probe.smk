@@ -19,6 +19,7 @@ rule probe:
     benchmark:
         "results/benchmarks/probe.tsv"
     retries: FAULTS["retries"]
+    group: GROUP
     resources:
         **stage_resources("probe", nodes=NODES, mpi=True, mem_mb=1000),
     shell:

@@ -17,6 +17,7 @@ rule ray:
     benchmark:
         "results/benchmarks/ray.tsv"
     retries: FAULTS["retries"]
+    group: GROUP
     resources:
         **stage_resources("ray", nodes=NODES, mpi=True),
     shell:

@@ -20,6 +20,7 @@ rule single:
     benchmark:
         "results/benchmarks/single.tsv"
     retries: FAULTS["retries"]
+    group: GROUP
     resources:
         **stage_resources("single", nodes=1),
     shell:

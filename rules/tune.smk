@@ -20,6 +20,7 @@ rule tune:
     benchmark:
         "results/benchmarks/tune.tsv"
     retries: FAULTS["retries"]
+    group: GROUP
     resources:
         **stage_resources("tune", nodes=1),
     shell:

@@ -160,8 +160,9 @@ class DagRun:
         return self.workdir / "results"
 
     def submitted(self) -> dict[str, int]:
-        """rule -> Slurm job id, from the plugin's 'submitted with SLURM jobid' lines."""
-        return {m[1]: int(m[0]) for m in re.findall(r"SLURM jobid (\d+) \(log: \S*/rule_(\w+)/", self.stdout)}
+        """rule (or job group: stages_<rules>) -> Slurm job id, from the plugin's 'submitted with SLURM jobid' lines."""
+        return {m[1]: int(m[0]) for m in re.findall(r"SLURM jobid (\d+) \(log: \S*/(?:rule|group)_(\w+)/",
+                                                    self.stdout)}
 
 
 RunDag = Callable[..., DagRun]

@@ -128,6 +128,10 @@ def accounting_problems(config: dict[str, Any], acct: dict[str, Any]) -> list[st
     over = [f"{st} {m} min" for st, m in asked.items() if wall is not None and m > wall]
     if over:
         out.append(f"cluster.time_min/stage_time_min: above QoS {c['qos']}'s MaxWall of {wall} min: {', '.join(over)}")
+    elif c["one_allocation"] and wall is not None and sum(asked.values()) > wall:
+        # One job runs them all: its limit is their sum (for a first run, when every stage runs).
+        out.append(f"cluster.one_allocation: the stages' time limits sum to {sum(asked.values())} min, above QoS "
+                   f"{c['qos']}'s MaxWall of {wall} min (cluster.time_min/stage_time_min)")
     return out
 
 

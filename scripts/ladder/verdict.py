@@ -67,13 +67,14 @@ class Verdict:
         self.status = "fail" if self.failed else "degraded" if self.degraded_reason else "pass"
         self.finished = now()
         path = Path(path)
-        write_json(path, asdict(self))
-        # Snakemake deletes a failed job's declared outputs (the verdict, so the next run re-runs
-        # this stage, and the measurements the report reads); copies stay for the user.
+        # A failed stage leaves no verdict.json, so the next run re-runs it even where Snakemake keeps
+        # a failed job's outputs (--keep-incomplete, which one_allocation needs: on a group's failure
+        # Snakemake would delete every stage's outputs). Copies of the verdict and measurements stay.
         failed_copy = path.with_name("verdict.failed.json")
         kept = path.with_name("failed")
         shutil.rmtree(kept, ignore_errors=True)
         if self.status == "fail":
+            path.unlink(missing_ok=True)
             write_json(failed_copy, asdict(self))
             for f in path.parent.iterdir():
                 if f.is_dir():
@@ -82,6 +83,7 @@ class Verdict:
                     kept.mkdir(exist_ok=True)
                     shutil.copy2(f, kept / f.name)
         else:
+            write_json(path, asdict(self))
             failed_copy.unlink(missing_ok=True)
         print(f"[{self.stage}] verdict: {self.status}"
               + (f" ({', '.join(c.name for c in self.failed)})" if self.failed else ""), flush=True)

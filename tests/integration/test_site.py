@@ -1,7 +1,8 @@
 """The command a lab runs, `snakemake all --profile profiles/slurm --configfile config/site-sandbox.yaml`,
 on the sandbox shaped like a site (accounting with an account and QoS, a fabric NIC ib0 beside eth0
-and docker0), through the report. The test adds only what every sandbox test adds (the env prefix,
-the compile backend) and a small benchmark, in a config file before the site overlay.
+and docker0), through the report, its stages in one allocation as the overlay asks. The test adds only
+what every sandbox test adds (the env prefix, the compile backend) and a small benchmark, in a config
+file before the site overlay.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ def test_site_overlay_with_the_slurm_profile_through_the_report(sandbox, tmp_pat
         v = json.loads((run.results / stage / "verdict.json").read_text())
         assert v["status"] == "pass", (stage, [c for c in v["checks"] if c["ok"] is False])
     assert (run.results / "report" / "index.html").exists()
-    # Every stage job ran under the overlay's account, QoS and partition, as Slurm's accounting has it.
+    # The overlay queues once (cluster.one_allocation): one Slurm job ran every stage, under the overlay's
+    # account, QoS and partition as Slurm's accounting has it, and each stage's verdict names it.
     jobs = run.submitted()
-    assert set(jobs) == set(STAGES), jobs
-    for rule, job in jobs.items():
-        row = sandbox.slurm("sacct", "-n", "-P", "-X", "-j", str(job), "-o", "Account,QOS,Partition,State")
-        assert row.strip() == "lab|normal|debug|COMPLETED", (rule, row)
+    assert list(jobs) == ["stages_" + "_".join(sorted(STAGES))], jobs
+    job = next(iter(jobs.values()))
+    row = sandbox.slurm("sacct", "-n", "-P", "-X", "-j", str(job), "-o", "Account,QOS,Partition,State")
+    assert row.strip() == "lab|normal|debug|COMPLETED", row
+    assert {json.loads((run.results / s / "verdict.json").read_text())["slurm_job"] for s in STAGES} == {str(job)}
     # The fabric the overlay names carried Ray, vLLM's Gloo/NCCL interface and the transfer's bytes.
     ray = {c["name"]: c for c in json.loads((run.results / "ray" / "verdict.json").read_text())["checks"]}
     assert ray["n1->n2:transfer_on_ib0"]["ok"] is True and ray["n2:ray_ip"]["value"].startswith("10.78.")

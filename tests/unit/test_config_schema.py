@@ -38,7 +38,7 @@ def test_empty_config_gets_every_default():
     assert cfg["cluster"] == {"name": "sandbox", "partition": None, "network": "auto", "nodes": 2, "gpus_per_node": 0,
                               "cpus_per_node": 2, "mem_mb_per_node": 6000, "time_min": 30, "stage_time_min": {},
                               "account": None, "qos": None, "constraint": None, "reservation": None,
-                              "exclusive": False, "gpu_type": None}
+                              "exclusive": False, "gpu_type": None, "one_allocation": False}
     assert cfg["env"]["prefix"] == ".venv" and cfg["env"]["flavor"] == "cpu" and cfg["env"]["build"] is True
     assert cfg["env"]["modules"] == [] and cfg["env"]["setup"] == []
     assert cfg["ray"]["port_base"] == 12000 and cfg["ray"]["min_busbw_gbps"] is None
@@ -135,5 +135,6 @@ def test_validation_does_not_touch_a_valid_section():
     given = {"cluster": {"name": "lab", "partition": "gpu", "network": "ib0", "nodes": 4, "gpus_per_node": 8,
                          "cpus_per_node": 64, "mem_mb_per_node": 500000, "time_min": 120,
                          "stage_time_min": {"multinode": 240}, "account": "ml", "qos": "high",
-                         "constraint": "h100&ib", "reservation": "maint", "exclusive": True, "gpu_type": "h100"}}
+                         "constraint": "h100&ib", "reservation": "maint", "exclusive": True, "gpu_type": "h100",
+                         "one_allocation": True}}
     assert check(copy.deepcopy(given))["cluster"] == given["cluster"]

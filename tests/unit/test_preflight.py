@@ -243,6 +243,11 @@ ACCT = {"user": "root", "accounts": {"lab": {"normal", "short"}, "root": {"norma
                         "probe 30 min, ray 30 min, single 30 min, tune 45 min, multinode 30 min"]),
     ({"qos": "short", "time_min": 5, "stage_time_min": {"multinode": 20}},
      ["cluster.time_min/stage_time_min: above QoS short's MaxWall of 5 min: tune 45 min, multinode 20 min"]),
+    # One allocation: the job's limit is the stages' sum.
+    ({"qos": "short", "time_min": 1, "stage_time_min": {"tune": 1}, "one_allocation": True},
+     ["cluster.one_allocation: the stages' time limits sum to 6 min, above QoS short's MaxWall of 5 min "
+      "(cluster.time_min/stage_time_min)"]),
+    ({"qos": "short", "time_min": 1, "stage_time_min": {"tune": 1}}, []),
 ])
 def test_account_and_qos_checked_against_slurms_associations(cluster, expected):
     assert preflight.accounting_problems(cfg(cluster=cluster), ACCT) == expected

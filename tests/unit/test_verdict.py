@@ -33,8 +33,11 @@ def test_one_failed_check_fails_and_exits_nonzero(tmp_path):
     v.check("a", True)
     assert v.check("b", False, 1, 2) is False
     v.degraded_reason = "n2 excluded"  # a failure wins over degraded
+    (tmp_path / "v.json").write_text("{}")  # an earlier run's
     assert v.finish(tmp_path / "v.json") == 1
-    data = read_verdict(tmp_path / "v.json")
+    # No verdict.json: the next run re-runs the stage even when Snakemake keeps failed outputs.
+    assert not (tmp_path / "v.json").exists()
+    data = read_verdict(tmp_path / "verdict.failed.json")
     assert data["status"] == "fail"
     assert [c.name for c in v.failed] == ["b"]
 
@@ -61,7 +64,7 @@ def test_verdict_that_checked_nothing_fails(tmp_path, checks):
     for name, ok in checks:
         v.check(name, ok)
     assert v.finish(tmp_path / "v.json") == 1
-    data = read_verdict(tmp_path / "v.json")
+    data = read_verdict(tmp_path / "verdict.failed.json")
     assert data["status"] == "fail" and data["checks"][-1]["name"] == "checked_something"
 
 
@@ -75,7 +78,7 @@ def test_gate_closed_on_fail(tmp_path):
     v.check("nodes_reported", False, 1, 2)
     v.finish(tmp_path / "v.json")
     with pytest.raises(SystemExit, match="probe stage failed"):
-        require_gate(tmp_path / "v.json")
+        require_gate(tmp_path / "verdict.failed.json")
 
 
 def test_read_verdict_rejects_unknown_status(tmp_path):
@@ -87,7 +90,9 @@ def test_read_verdict_rejects_unknown_status(tmp_path):
 
 def test_written_atomically_and_not_world_writable(tmp_path):
     path = tmp_path / "sub" / "v.json"
-    Verdict("x").finish(path)
+    v = Verdict("x")
+    v.check("a", True)
+    v.finish(path)
     assert path.exists() and not path.with_suffix(".json.tmp").exists()
     assert path.stat().st_mode & 0o777 == 0o644
 
@@ -118,7 +123,7 @@ def test_reference_failure_fails_the_verdict(tmp_path):
     v = Verdict("single")
     reference_check(v, "single.tok_s", 50.0, REFS)
     assert v.finish(tmp_path / "v.json") == 1
-    assert "allowed [90, 120]" in read_verdict(tmp_path / "v.json")["checks"][0]["detail"]
+    assert "allowed [90, 120]" in read_verdict(tmp_path / "verdict.failed.json")["checks"][0]["detail"]
 
 
 def test_missing_reference_only_records(tmp_path):
