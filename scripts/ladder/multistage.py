@@ -37,7 +37,10 @@ _PP_RANK = re.compile(r"_PP(\d+)")  # vLLM names it vllm_Worker_<instance>[_TP<t
 
 
 def port_free(ip: str, port: int) -> bool:
+    """Can a server bind it as vLLM does (SO_REUSEADDR)? Connections of an earlier server on it, left in
+    TIME_WAIT for a minute, do not stop that (the stage before in one allocation served on this port)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((ip, port))
             return True

@@ -85,3 +85,23 @@ def test_gres_typed_or_not():
 
     assert gres({"gpu_type": "h200", "gpus_per_node": 4}) == "gpu:h200:4"
     assert gres({"gpu_type": None, "gpus_per_node": 2}) == "gpu:2"
+
+
+def test_port_free_ignores_time_wait_but_not_a_listener():
+    import socket
+
+    from ladder.multistage import port_free
+
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    assert not port_free("127.0.0.1", port)  # a server is on it
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    conn.close()  # the server side closes first: its end stays in TIME_WAIT
+    client.close()
+    srv.close()
+    # The stage before, in the same allocation, served here: vLLM binds with SO_REUSEADDR and so can we.
+    assert port_free("127.0.0.1", port)
