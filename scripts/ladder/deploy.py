@@ -27,7 +27,6 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,24 +58,14 @@ class DeployError(RuntimeError):
     pass
 
 
-@dataclass
 class Paths:
-    results: Path
+    """Where a deployment keeps its files (results/deploy/) and its logs (results/logs/deploy/)."""
 
-    @property
-    def dir(self) -> Path:
-        return self.results / "deploy"
-
-    @property
-    def logs(self) -> Path:
-        return self.results / "logs" / "deploy"
-
-    def __getattr__(self, name: str) -> Path:  # state, events, endpoint, request, config, stopped
-        files = {"state": "state.json", "events": "events.jsonl", "endpoint": "endpoint.json",
-                 "request": "request.json", "config": "config.json", "stopped": "stopped.json"}
-        if name not in files:
-            raise AttributeError(name)
-        return self.dir / files[name]
+    def __init__(self, results: Path) -> None:
+        self.results, self.dir, self.logs = results, results / "deploy", results / "logs" / "deploy"
+        self.events = self.dir / "events.jsonl"
+        self.state, self.endpoint, self.request, self.config, self.stopped = (
+            self.dir / f"{name}.json" for name in ("state", "endpoint", "request", "config", "stopped"))
 
     def replica(self, job: str) -> Path:
         return self.dir / "replicas" / f"{job}.json"
