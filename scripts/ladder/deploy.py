@@ -32,7 +32,6 @@ from typing import Any
 
 import httpx2
 import openai
-import psutil
 
 from ladder import raycommand, slurm
 from ladder.goodput import tuned_serve_args
@@ -40,7 +39,7 @@ from ladder.logs import tail
 from ladder.poll import poll, tcp_open
 from ladder.raycluster import ClusterError, RayCluster
 from ladder.raynode import clean_shm
-from ladder.sandbox import stop_pids
+from ladder.sandbox import pid_alive, spawn, stop_pids
 from ladder.verdict import now, write_json
 from ladder.vllmserver import Server, ServerError, api_key, attempt, cpu_env, healthy, resolve_model, serve_args
 
@@ -82,21 +81,6 @@ def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def alive(pid: int | None) -> bool:
-    try:
-        return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def spawn(cmd: list[str], log: Path) -> int:
-    """A process that outlives the rule that starts it (own session, its own log)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True).pid
 
 
 def metrics(url: str) -> dict[str, float] | None:
@@ -439,7 +423,7 @@ def router_cmd(d: dict[str, Any], host: str, port: int, prom: int, policy: str, 
 
 
 def wait_router(host: str, port: int, pid: int, log: Path) -> None:
-    if not poll(lambda: tcp_open(host, port) or not alive(pid), 30) or not alive(pid):
+    if not poll(lambda: tcp_open(host, port) or not pid_alive(pid), 30) or not pid_alive(pid):
         raise DeployError(f"vllm-router did not listen on {host}:{port}; last lines of {log}:\n{tail(log)}")
 
 
@@ -447,7 +431,7 @@ def start(a: argparse.Namespace) -> int:
     paths, cfg = Paths(a.results), json.loads(a.config.read_text())
     d = cfg["deploy"]
     old = read_json(paths.state)
-    if old and alive(old.get("controller_pid")):
+    if old and pid_alive(old.get("controller_pid")):
         raise DeployError(f"a deployment is running (controller pid {old['controller_pid']}): "
                           "`python -m ladder.deploy stop` first")
     layout = replica_layout(paths.results, d["layout"])
@@ -485,7 +469,7 @@ def start(a: argparse.Namespace) -> int:
 
     def ready() -> bool:
         s = read_json(paths.state, {})
-        if not alive(controller):
+        if not pid_alive(controller):
             raise DeployError(f"the controller exited; last lines of {paths.logs / 'controller.log'}:\n"
                               f"{tail(paths.logs / 'controller.log')}")
         states = [r["state"] for r in s.get("replicas", {}).values()]
@@ -551,15 +535,15 @@ def status(paths: Paths) -> dict[str, Any]:
         if r["state"] == "serving":
             row |= {"healthy": healthy(r["url"], timeout=3)} | (metrics(r["url"]) or {})
         rows.append(row)
-    return {"router": s["router"]["url"], "router_up": alive(s["router"]["pid"]),
-            "controller_up": alive(s.get("controller_pid")), "target": s["target"],
+    return {"router": s["router"]["url"], "router_up": pid_alive(s["router"]["pid"]),
+            "controller_up": pid_alive(s.get("controller_pid")), "target": s["target"],
             "serving": sum(r["state"] == "serving" for r in rows), "degraded": bool(s["excluded"]),
             "excluded_nodes": s["excluded"], "replicas": rows}
 
 
 def scale(paths: Paths, n: int, timeout: float) -> dict[str, Any]:
     s = read_json(paths.state)
-    if not s or not alive(s.get("controller_pid")):
+    if not s or not pid_alive(s.get("controller_pid")):
         raise DeployError("no running deployment to scale")
     d = read_json(paths.config)["deploy"]
     if not d["min_replicas"] <= n <= d["max_replicas"]:
@@ -608,7 +592,7 @@ def stop(paths: Paths) -> dict[str, Any]:
     stop_pids([s["router"]["pid"]], grace=20)
     left = queued()
     result = {"stopped": now(), "replicas_stopped": jobs, "jobs_left": left,
-              "router_up": alive(s["router"]["pid"]), "controller_up": alive(s.get("controller_pid"))}
+              "router_up": pid_alive(s["router"]["pid"]), "controller_up": pid_alive(s.get("controller_pid"))}
     for j in jobs:
         s["replicas"][j]["state"] = "stopped"
     s["stopped"] = result["stopped"]

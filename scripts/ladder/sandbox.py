@@ -116,8 +116,10 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def pid_alive(pid: int, name: str | None = None) -> bool:
-    """Running (not a zombie), and when a name is given, its command line mentions it."""
+def pid_alive(pid: int | None, name: str | None = None) -> bool:
+    """Running (not a zombie), and when a name is given, its command line mentions it; False for no pid."""
+    if not pid:
+        return False  # psutil.Process(None) would be this process
     try:
         p = psutil.Process(pid)
         return p.status() != psutil.STATUS_ZOMBIE and (name is None or name in " ".join(p.cmdline()))
@@ -417,10 +419,12 @@ def net_down(instance: int) -> None:
 
 
 # ---------------------------------------------------------------- daemons
-def spawn(cmd: list[str], log: Path, env: dict[str, str]) -> int:
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """A process that outlives the one that starts it (own session, its own log, no stdin)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    return proc.pid
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True).pid
 
 
 def wait_for(what: str, pred: Callable[[], bool], timeout: float, log: Path) -> None:
