@@ -40,7 +40,7 @@ from ladder.poll import poll, tcp_open
 from ladder.raycluster import ClusterError, RayCluster
 from ladder.raynode import clean_shm
 from ladder.sandbox import pid_alive, spawn, stop_pids
-from ladder.verdict import now, write_json
+from ladder.verdict import now, read_json, write_json
 from ladder.vllmserver import Server, ServerError, api_key, attempt, cpu_env, healthy, resolve_model, serve_args
 
 JOB_NAME = "ladder-replica"
@@ -68,13 +68,6 @@ class Paths:
 
     def replica(self, job: str) -> Path:
         return self.dir / "replicas" / f"{job}.json"
-
-
-def read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
 
 
 def free_port(host: str) -> int:

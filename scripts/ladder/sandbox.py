@@ -32,6 +32,7 @@ import psutil
 from ladder import system
 from ladder.logs import tail
 from ladder.poll import poll
+from ladder.verdict import read_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -128,11 +129,8 @@ def pid_alive(pid: int | None, name: str | None = None) -> bool:
 
 
 def load_state(state_dir: Path) -> State | None:
-    try:
-        raw = json.loads((state_dir / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return State(spec=Spec(**raw["spec"]), pids=raw["pids"], started=raw["started"])
+    raw = read_json(state_dir / "state.json")
+    return State(spec=Spec(**raw["spec"]), pids=raw["pids"], started=raw["started"]) if raw else None
 
 
 def save_state(state_dir: Path, state: State) -> None:
