@@ -270,10 +270,7 @@ class Controller:
                "--ntasks-per-node=1", "--exclusive", f"--mem={c['mem_mb_per_node']}",
                f"--time={d['wall_time_min']}", f"--signal=B:TERM@{d['drain_s'] + 10}",
                f"--output={self.paths.logs / 'slurm-%j.log'}", f"--chdir={self.paths.results.parent}"]
-        for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"),
-                          ("constraint", "constraint"), ("reservation", "reservation")):
-            if c[key]:
-                cmd.append(f"--{flag}={c[key]}")
+        cmd += [f"--{key}={c[key]}" for key in ("partition", "account", "qos", "constraint", "reservation") if c[key]]
         if c["gpus_per_node"]:
             cmd.append(f"--gres={slurm.gres(c)}")
         if avoid := sorted(set(self.state["excluded"]) | set(self.state["unprobed"])):
