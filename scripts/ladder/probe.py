@@ -146,10 +146,7 @@ def summarize(node_dir: Path, expected_nodes: list[str], gpus_per_node: int, v: 
               network: str = "auto") -> list[dict[str, Any]]:
     """The nodes' reports, each with the interface chosen for Ray, vLLM, NCCL and Gloo (`network`,
     cluster.network; ladder.raycommand.choose_nic) and why; the checks go to `v`."""
-    found = {}
-    for f in sorted(node_dir.glob("*.json")):
-        data = json.loads(f.read_text())
-        found[data["slurm_node"]] = data
+    found = {d["slurm_node"]: d for d in (json.loads(f.read_text()) for f in sorted(node_dir.glob("*.json")))}
     nodes = [found[n] for n in expected_nodes if n in found]
     missing = [n for n in expected_nodes if n not in found]
     v.nodes = expected_nodes
