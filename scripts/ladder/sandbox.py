@@ -554,10 +554,9 @@ def stop_pids(pids: list[int], grace: float = 10) -> None:
 def down(state_dir: Path, instance: int = 0, quiet: bool = False) -> None:
     state_dir = state_dir.resolve()
     state = load_state(state_dir)
-    if state:
-        instance = state.spec.instance
     ours = []
     if state:
+        instance = state.spec.instance
         others = [ns for ns in (Path("/run/netns").glob("ladder*-*")) if not ns.name.startswith(ns_prefix(instance))]
         for role, pid in state.pids.items():
             if role == "munged" and others:
