@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from ladder import slurm
 from ladder.monitor import visible_indices
 from ladder.raycommand import choose_nic
 from ladder.verdict import Verdict, write_json
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (n, s):
         p.add_argument("--network", default="auto", help="cluster.network: interface name, IPv4 CIDR or auto")
     s.add_argument("--node-dir", type=Path, required=True)
-    s.add_argument("--expected-nodes", required=True, help="comma-separated allocation node list")
+    s.add_argument("--expected-nodes", help="comma-separated allocation node list (default: this Slurm job's)")
     s.add_argument("--gpus-per-node", type=int, required=True)
     s.add_argument("--config-hash", default="")
     s.add_argument("--out", type=Path, required=True)
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpus: {data['gpus']['kind']} x{data['gpus']['count']}; network: {choose_nic(data, a.network)}")
         return 0
     v = Verdict("probe", config_hash=a.config_hash)
-    expected = [x for x in a.expected_nodes.split(",") if x]
+    expected = [x for x in a.expected_nodes.split(",") if x] if a.expected_nodes else slurm.job_nodes()
     nodes = summarize(a.node_dir, expected, a.gpus_per_node, v, a.network)
     v.metrics["gpus_total"] = sum(n["gpus"]["count"] for n in nodes)
     v.metrics["cpus_total"] = sum(n["cpu"]["affinity"] for n in nodes)
