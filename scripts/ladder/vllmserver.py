@@ -141,14 +141,11 @@ class Server:
         except httpx2.TransportError:
             return 0  # no response, as attempt() reports it
 
-    def healthy(self) -> bool:
-        return healthy(self.base)
-
     def _healthy_or_exited(self) -> bool:
         if self.proc and self.proc.poll() is not None:
             raise ServerError(f"vllm serve exited with {self.proc.returncode} before becoming healthy; "
                               f"last lines of {self.log}:\n{tail(self.log, 25)}")
-        return self.healthy()
+        return healthy(self.base)
 
     def wait_healthy(self, timeout: float) -> float:
         """Seconds from start to healthy; ServerError with the log tail if it exits or the deadline passes."""
