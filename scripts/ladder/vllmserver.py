@@ -237,8 +237,7 @@ def resolve_model(model: dict[str, Any], cache: Path) -> tuple[str, str]:
         arch = model.get("architecture", "qwen2")
         out = cache / "models" / (f"tiny-l{model['tiny_layers']}" if arch == "qwen2" else
                                   f"tiny-{arch}-l{model['tiny_layers']}")
-        if tinymodel.main(["--out", str(out), "--layers", str(model["tiny_layers"]), "--architecture", arch]) != 0:
-            raise ServerError(f"building the tiny model in {out} failed")
+        print(tinymodel.build(out, tinymodel.Recipe(layers=model["tiny_layers"], architecture=arch)), flush=True)
         return str(out), "tiny"
     return model["path"], model["name"]
 
