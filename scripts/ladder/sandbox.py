@@ -476,8 +476,7 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
     conf = write_configs(spec, state_dir)
     env = slurm_env(state_dir)
     state = State(spec=spec, started=time.time())
-    munge_pid = start_munge(state_dir, env)
-    if munge_pid:
+    if munge_pid := start_munge(state_dir, env):
         state.pids["munged"] = munge_pid
     net_up(spec)
     save_state(state_dir, state)
