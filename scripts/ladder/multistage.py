@@ -25,7 +25,7 @@ from ladder.goodput import tuned_serve_args
 from ladder.logs import last_run, shorten
 from ladder.plan import PlanError, make_plan, model_shape
 from ladder.poll import poll
-from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
+from ladder.raycluster import ClusterError, RayCluster, Spec, job_spec
 from ladder.raystage import check_nodes, check_tasks
 from ladder.singlestage import perf_checks
 from ladder.verdict import Verdict, open_stage, stage_parser, write_json
@@ -227,20 +227,15 @@ def make_stage_plan(v: Verdict, cfg: dict[str, Any], nodes: list[str]) -> tuple[
 
 def cluster_spec(cfg: dict[str, Any], a: argparse.Namespace, job: str, nodes: list[str],
                  probe: dict[str, dict[str, Any]], tp: int) -> Spec:
-    addrs, ifaces = addresses_from_probe([probe[n] for n in nodes if n in probe])
-    ports = slurm.job_ports(int(job), cfg["ray"]["port_base"], cfg["ray"]["port_range"])
-    env = {"VLLM_PORT": str(ports["vllm"])}
-    resources: dict[str, float] = {}
+    """The job's Ray cluster (raycommand.job_spec) for vLLM: its port, and on CPU the platform plugin."""
+    spec = job_spec(cfg, job, nodes, probe, a.log_dir / "ray", a.out_dir / "monitor")
+    spec.env = {"VLLM_PORT": str(spec.ports["vllm"])}
     if cfg["env"]["flavor"] == "cpu":
         # The platform plugin (ladder.vllm_plugin) enables the Ray executor on CPU; its workers
         # are placed by a custom resource, tp slots per node, so pipeline ranks spread.
-        env |= cpu_env(a.cache.resolve()) | {"LADDER_CPU_RAY": "1"}
-        resources = {RAY_RESOURCE: tp}
-    return Spec(job=job, nodes=nodes, addrs=addrs, ifaces=ifaces, ports=ports, cpus=cfg["cluster"]["cpus_per_node"],
-                gpus=cfg["cluster"]["gpus_per_node"], object_store_mb=cfg["ray"]["object_store_mb"],
-                log_dir=str(a.log_dir / "ray"), join_timeout_s=cfg["ray"]["join_timeout_s"], env=env,
-                resources=resources,
-                monitor_dir=str(a.out_dir / "monitor"), monitor_interval_s=cfg["monitor"]["interval_s"])
+        spec.env |= cpu_env(a.cache.resolve()) | {"LADDER_CPU_RAY": "1"}
+        spec.resources = {RAY_RESOURCE: tp}
+    return spec
 
 
 def bring_up(v: Verdict, cluster: RayCluster, probe: dict[str, dict[str, Any]], tp: int, pp: int) -> bool:

@@ -22,14 +22,27 @@ from typing import Any
 from ladder.logs import tail
 from ladder.poll import poll, tcp_open
 from ladder.raycommand import Spec, addresses_from_probe, srun_nodes_cmd
+from ladder.slurm import job_ports
 
-__all__ = ["ClusterError", "RayCluster", "Spec", "addresses_from_probe"]
+__all__ = ["ClusterError", "RayCluster", "Spec", "job_spec"]
 
 
 class ClusterError(RuntimeError):
     def __init__(self, message: str, nodes: list[str]) -> None:
         super().__init__(message)
         self.nodes = nodes  # the nodes that failed
+
+
+def job_spec(cfg: dict[str, Any], job: str, nodes: list[str], probe: dict[str, dict[str, Any]], log_dir: Path,
+             monitor_dir: Path) -> Spec:
+    """Slurm job `job`'s cluster (cluster, ray, monitor sections) at the probe's addresses (none if unprobed)."""
+    addrs, ifaces = addresses_from_probe([probe[n] for n in nodes if n in probe])
+    c, r = cfg["cluster"], cfg["ray"]
+    return Spec(job=job, nodes=nodes, addrs=addrs, ifaces=ifaces,
+                ports=job_ports(int(job), r["port_base"], r["port_range"]), cpus=c["cpus_per_node"],
+                gpus=c["gpus_per_node"], object_store_mb=r["object_store_mb"], log_dir=str(log_dir),
+                join_timeout_s=r["join_timeout_s"], monitor_dir=str(monitor_dir),
+                monitor_interval_s=cfg["monitor"]["interval_s"])
 
 
 class RayCluster:
