@@ -597,15 +597,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", type=Path, help="state directory (default: .sandbox, .sandbox<instance>)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="install what is missing and start the cluster (idempotent)")
-    u.add_argument("--nodes", type=int, default=2, help="slurmd nodes (default 2)")
+    u.add_argument("--nodes", type=int, default=2, choices=range(1, 17), metavar="N",
+                   help="slurmd nodes, 1 to 16 (default 2)")
     u.add_argument("--cpus", type=int, default=2, help="CPUs each node offers to Slurm")
     u.add_argument("--node-cpus", action="append", default=[], metavar="NODE=N",
                    help="a node with N CPUs instead (unequal nodes), confined to the host's last N cores")
     u.add_argument("--mem-mb", type=int, default=8000, help="memory each node offers to Slurm (MB)")
-    u.add_argument("--fake-gpus", type=int, default=0, help="fake GPU gres per node (scheduling tests)")
+    gpus = u.add_mutually_exclusive_group()
+    gpus.add_argument("--fake-gpus", type=int, default=0, help="fake GPU gres per node (scheduling tests)")
+    gpus.add_argument("--real-gpus", action="store_true", help="split this machine's /dev/nvidiaN over the nodes")
     u.add_argument("--no-accounting", dest="accounting", action="store_false",
                    help="no slurmdbd/MariaDB (machines without them, e.g. the GPU bundle)")
-    u.add_argument("--real-gpus", action="store_true", help="split this machine's /dev/nvidiaN over the nodes")
     u.add_argument("--subnet", default="", help="first three octets of the private /24 (default 10.77.<instance>)")
     u.add_argument("--timeout", type=float, default=60, help="seconds to wait for every node to be idle")
     sub.add_parser("status", help="show daemons and node states; exit 1 unless all are up")
@@ -614,10 +616,6 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     a.state = a.state or default_state(a.instance)
     if a.cmd == "up":
-        if not 1 <= a.nodes <= 16:
-            ap.error("--nodes must be between 1 and 16")
-        if a.fake_gpus and a.real_gpus:
-            ap.error("--fake-gpus and --real-gpus exclude each other")
         try:
             node_cpus = {n: int(c) for n, c in (item.split("=", 1) for item in a.node_cpus)}
         except ValueError:
