@@ -63,6 +63,7 @@ class Paths:
     def __init__(self, results: Path) -> None:
         self.results, self.dir, self.logs = results, results / "deploy", results / "logs" / "deploy"
         self.events = self.dir / "events.jsonl"
+        self.key = results.parent / ".deploy" / "api_key"  # the key `start` makes (key_of)
         self.state, self.endpoint, self.request, self.config, self.stopped = (
             self.dir / f"{name}.json" for name in ("state", "endpoint", "request", "config", "stopped"))
 
@@ -225,11 +226,7 @@ def replica(a: argparse.Namespace) -> int:
 def key_of(cfg: dict[str, Any], paths: Paths) -> str:
     """serve.api_key_file, else the key `start` wrote for this deployment (0600, outside results/)."""
     s = cfg["serve"]
-    return api_key(s["api_key_env"], s["api_key_file"] or str(key_file(paths)))
-
-
-def key_file(paths: Paths) -> Path:
-    return paths.results.parent / ".deploy" / "api_key"
+    return api_key(s["api_key_env"], s["api_key_file"] or str(paths.key))
 
 
 # ---------------------------------------------------------------- controller (watchdog + scaler)
@@ -436,11 +433,10 @@ def start(a: argparse.Namespace) -> int:
     write_json(paths.config, cfg)
     if not cfg["serve"]["api_key_file"]:
         # Replicas read the key from a file only the user can read, never from results/ or argv.
-        kf = key_file(paths)
-        kf.parent.mkdir(mode=0o700, exist_ok=True)
-        kf.touch(mode=0o600)
-        kf.chmod(0o600)
-        kf.write_text(api_key(cfg["serve"]["api_key_env"], None))
+        paths.key.parent.mkdir(mode=0o700, exist_ok=True)
+        paths.key.touch(mode=0o600)
+        paths.key.chmod(0o600)
+        paths.key.write_text(api_key(cfg["serve"]["api_key_env"], None))
     key = key_of(cfg, paths)
     host = d["router_host"]
     port, prom = d["router_port"] or free_port(host), free_port(host)
@@ -479,7 +475,7 @@ def start(a: argparse.Namespace) -> int:
     s = read_json(paths.state)
     write_json(a.out, {
         "url": f"{state['router']['url']}/v1", "model": cfg["model"]["name"], "policy": d["policy"],
-        "api_key": f"from {cfg['serve']['api_key_file'] or key_file(paths)}",
+        "api_key": f"from {cfg['serve']['api_key_file'] or paths.key}",
         "replicas": [{"job": j, "node": r["node"], "nodes": r.get("nodes", [r["node"]]), "url": r["url"]}
                      for j, r in s["replicas"].items()
                      if r["state"] == "serving"],
