@@ -531,11 +531,12 @@ def scale(paths: Paths, n: int, timeout: float) -> dict[str, Any]:
     s = read_json(paths.state)
     if not s or not pid_alive(s.get("controller_pid")):
         raise DeployError("no running deployment to scale")
-    d = read_json(paths.config)["deploy"]
+    cfg = read_json(paths.config)
+    d = cfg["deploy"]
     if not d["min_replicas"] <= n <= d["max_replicas"]:
         raise DeployError(f"scale {n}: outside deploy.min_replicas..max_replicas "
                           f"({d['min_replicas']}..{d['max_replicas']})")
-    partition = slurm.partition_nodes(read_json(paths.config)["cluster"]["partition"])
+    partition = slurm.partition_nodes(cfg["cluster"]["partition"])
     if problem := capacity_problem(n, s["layout"], usable_nodes(partition, s["unprobed"])):
         raise DeployError(problem)
     write_json(paths.request, {"id": time.time_ns(), "replicas": n})
