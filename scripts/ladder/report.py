@@ -334,11 +334,9 @@ def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "
     parts.append("<h2>Time breakdown per stage (s)</h2>" + table(
         ["stage", "phases"], [[s, ", ".join(f"{k} {v:.1f}" for k, v in b.items())] for s, b in breakdown.items()]))
 
-    crow = []
-    for s in stages:
-        for c in (verdicts[s] or {}).get("checks", []):
-            mark = {True: "ok", False: "FAIL", None: "n/a"}[c["ok"]]
-            crow.append([s, c["name"], mark, fmt(c["value"]), fmt(c["expected"]), c["unit"], c["detail"]])
+    mark = {True: "ok", False: "FAIL", None: "n/a"}
+    crow = [[s, c["name"], mark[c["ok"]], fmt(c["value"]), fmt(c["expected"]), c["unit"], c["detail"]]
+            for s in stages for c in (verdicts[s] or {}).get("checks", [])]
     parts += ["<h2>Every check (performance checks against config references)</h2>",
               table(["stage", "check", "result", "value", "reference / expected", "unit", "detail"], crow)]
 
