@@ -182,10 +182,9 @@ def serve(v: Verdict, run: Run, pipeline: list[str], attempt: int) -> tuple[Serv
     """One start -> wait -> check of the service on `pipeline`; the caller stops the server."""
     srv = start(run, pipeline)
     try:
-        healthy = check_healthy(v, srv, run.cfg["serve"]["health_timeout_s"],
-                                f"attempt {attempt}, PP={len(pipeline)} on {', '.join(pipeline)}")
-        if healthy is not None:
-            v.metrics["time_to_healthy_s" + (f"_attempt{attempt}" if attempt > 1 else "")] = round(healthy, 1)
+        if check_healthy(v, srv, run.cfg["serve"]["health_timeout_s"],
+                         f"attempt {attempt}, PP={len(pipeline)} on {', '.join(pipeline)}",
+                         "time_to_healthy_s" + (f"_attempt{attempt}" if attempt > 1 else "")) is not None:
             check(v, run, srv, pipeline, attempt)
     except (ServerError, RuntimeError, OSError) as err:
         return srv, err

@@ -193,9 +193,10 @@ class Server:
         return out
 
 
-def check_healthy(v: Any, srv: Server, timeout: float, detail: str = "") -> float | None:
-    """The `healthy` check with its real outcome: seconds to healthy, else None and the diagnosis
-    (exit code or deadline, and the server log's tail) in the verdict."""
+def check_healthy(v: Any, srv: Server, timeout: float, detail: str = "",
+                  metric: str = "time_to_healthy_s") -> float | None:
+    """The `healthy` check with its real outcome: seconds to healthy (also the verdict's `metric`), else None
+    and the diagnosis (exit code or deadline, and the server log's tail) in the verdict."""
     try:
         seconds = srv.wait_healthy(timeout)
     except ServerError as err:
@@ -205,6 +206,7 @@ def check_healthy(v: Any, srv: Server, timeout: float, detail: str = "") -> floa
     v.check("healthy", True, round(seconds, 1), f"< {timeout}", "s", detail=detail)
     for k, x in (startup_metrics(srv.log) | vllm_memory(srv.log)).items():  # the first healthy start's
         v.metrics.setdefault(k, x)
+    v.metrics[metric] = round(seconds, 1)
     return seconds
 
 
