@@ -99,17 +99,14 @@ class RayCluster:
 
         if not poll(connected, deadline - time.monotonic()):
             raise ClusterError(self.diagnose("start-head", [self.spec.head]), [self.spec.head])
-        joined: dict[str, Any] = {}
 
-        def all_joined() -> bool:
-            joined.clear()
-            joined.update(self.alive_nodes())
-            return all(n in joined for n in self.spec.nodes) or self.exited()
+        def missing() -> list[str]:
+            joined = self.alive_nodes()
+            return [n for n in self.spec.nodes if n not in joined]
 
-        poll(all_joined, deadline - time.monotonic())
-        missing = [n for n in self.spec.nodes if n not in joined]
-        if missing:
-            raise ClusterError(self.diagnose("join", missing), missing)
+        poll(lambda: not missing() or self.exited(), deadline - time.monotonic())
+        if left := missing():
+            raise ClusterError(self.diagnose("join", left), left)
         return time.monotonic() - self.started
 
     def diagnose(self, step: str, missing: list[str]) -> str:
