@@ -228,15 +228,13 @@ def write_configs(spec: Spec, state_dir: Path) -> Path:
     for sub in ("etc", "log", "run", "spool/ctld"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
     host = socket.gethostname().split(".")[0]
-    gpus_per_node = 0
-    gres_lines = ["AutoDetect=off"]
+    # Fake GPUs are typed as a site's are (gpu:<type>:N); a request without a type still matches.
+    typed = f" Type={FAKE_GPU_TYPE}" if spec.fake_gpus else ""
+    gpus_per_node, gres_lines = 0, ["AutoDetect=off"]
     for i, node in enumerate(spec.node_names()):
         devs = gpu_devices(spec, state_dir, node, i) if (spec.fake_gpus or spec.real_gpus) else []
         gpus_per_node = len(devs)
-        # Fake GPUs are typed as a site's are (gpu:<type>:N); a request without a type still matches.
-        typed = f" Type={FAKE_GPU_TYPE}" if spec.fake_gpus else ""
-        for dev in devs:
-            gres_lines.append(f"NodeName={node} Name=gpu{typed} File={dev}")
+        gres_lines += [f"NodeName={node} Name=gpu{typed} File={dev}" for dev in devs]
     gres = f" Gres=gpu:{FAKE_GPU_TYPE + ':' if spec.fake_gpus else ''}{gpus_per_node}" if gpus_per_node else ""
     prolog_line = ""
     if gpus_per_node:
