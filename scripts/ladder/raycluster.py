@@ -24,8 +24,6 @@ from ladder.poll import poll, tcp_open
 from ladder.raycommand import Spec, addresses_from_probe, srun_nodes_cmd
 from ladder.slurm import job_ports
 
-__all__ = ["ClusterError", "RayCluster", "Spec", "job_spec"]
-
 
 class ClusterError(RuntimeError):
     def __init__(self, message: str, nodes: list[str]) -> None:
