@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -247,13 +248,11 @@ class Controller:
         self.busy_since: float | None = None
         self.idle_since = time.monotonic()
         self.running = True
+        self.event = functools.partial(append_event, paths)  # event(kind, **fields): events.jsonl and stdout
 
     @property
     def replicas(self) -> dict[str, dict[str, Any]]:
         return self.state["replicas"]
-
-    def event(self, kind: str, **fields: Any) -> None:
-        append_event(self.paths, kind, **fields)
 
     def router(self, action: str, url: str) -> int:
         r = httpx2.post(f"{self.state['router']['url']}/{action}", params={"url": url}, timeout=30)
