@@ -130,10 +130,9 @@ def serve_env(spec: Spec) -> dict[str, str]:
 
 def start(run: Run, pipeline: list[str]) -> Server:
     spec = run.cluster.spec
+    args = serve_args(run.cfg, run.tp, len(pipeline), ray=True) + tuned_serve_args(run.a.results, run.cfg["tune"])
     srv = Server(run.model_path, run.served, spec.ports["serve"], run.key, run.a.log_dir / spec.head / "vllm-serve.log",
-                 args=serve_args(run.cfg, run.tp, len(pipeline), ray=True) + tuned_serve_args(run.a.results,
-                                                                                              run.cfg["tune"]),
-                 env=serve_env(spec))
+                 args=args, env=serve_env(spec))
     srv.start()
     return srv
 
