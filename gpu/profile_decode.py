@@ -93,11 +93,11 @@ def gemm_bytes_per_step(cfg: dict[str, Any], fp8: bool) -> dict[str, float]:
 
     The input embedding is not among them (one row per token), though vLLM's loaded weights count it.
     Online FP8 quantizes the decoder's linear layers; lm_head stays in the model dtype (2 bytes)."""
-    from ladder.roofline import linear_shape
+    from ladder.plan import dims
 
-    s = linear_shape(cfg)
-    layer_bytes = s["layers"] * s["linear_per_layer"] * (1 if fp8 else 2)
-    lm_head = embed = s["vocab"] * s["hidden"] * 2
+    s = dims(cfg)
+    layer_bytes = s["num_hidden_layers"] * s["linear_per_layer"] * (1 if fp8 else 2)
+    lm_head = embed = s["vocab_size"] * s["hidden_size"] * 2
     return {"decoder_linear_gib": round(layer_bytes / GIB, 3), "lm_head_gib": round(lm_head / GIB, 3),
             "gemm_read_gib_per_step": round((layer_bytes + lm_head) / GIB, 3),
             "input_embedding_gib_not_read": round(embed / GIB, 3)}

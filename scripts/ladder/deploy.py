@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -27,13 +28,11 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import openai
-import psutil
 
 from ladder import raycommand, slurm
 from ladder.goodput import tuned_serve_args
@@ -41,8 +40,8 @@ from ladder.logs import tail
 from ladder.poll import poll, tcp_open
 from ladder.raycluster import ClusterError, RayCluster
 from ladder.raynode import clean_shm
-from ladder.sandbox import stop_pids
-from ladder.verdict import now, write_json
+from ladder.sandbox import pid_alive, spawn, stop_pids
+from ladder.verdict import now, read_json, write_json
 from ladder.vllmserver import Server, ServerError, api_key, attempt, cpu_env, healthy, resolve_model, serve_args
 
 JOB_NAME = "ladder-replica"
@@ -59,55 +58,24 @@ class DeployError(RuntimeError):
     pass
 
 
-@dataclass
 class Paths:
-    results: Path
+    """Where a deployment keeps its files (results/deploy/) and its logs (results/logs/deploy/)."""
 
-    @property
-    def dir(self) -> Path:
-        return self.results / "deploy"
-
-    @property
-    def logs(self) -> Path:
-        return self.results / "logs" / "deploy"
-
-    def __getattr__(self, name: str) -> Path:  # state, events, endpoint, request, config, stopped
-        files = {"state": "state.json", "events": "events.jsonl", "endpoint": "endpoint.json",
-                 "request": "request.json", "config": "config.json", "stopped": "stopped.json"}
-        if name not in files:
-            raise AttributeError(name)
-        return self.dir / files[name]
+    def __init__(self, results: Path) -> None:
+        self.results, self.dir, self.logs = results, results / "deploy", results / "logs" / "deploy"
+        self.events = self.dir / "events.jsonl"
+        self.key = results.parent / ".deploy" / "api_key"  # the key `start` makes (key_of)
+        self.state, self.endpoint, self.request, self.config, self.stopped = (
+            self.dir / f"{name}.json" for name in ("state", "endpoint", "request", "config", "stopped"))
 
     def replica(self, job: str) -> Path:
         return self.dir / "replicas" / f"{job}.json"
-
-
-def read_json(path: Path, default: Any = None) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return default
 
 
 def free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def alive(pid: int | None) -> bool:
-    try:
-        return bool(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def spawn(cmd: list[str], log: Path) -> int:
-    """A process that outlives the rule that starts it (own session, its own log)."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True).pid
 
 
 def metrics(url: str) -> dict[str, float] | None:
@@ -259,11 +227,7 @@ def replica(a: argparse.Namespace) -> int:
 def key_of(cfg: dict[str, Any], paths: Paths) -> str:
     """serve.api_key_file, else the key `start` wrote for this deployment (0600, outside results/)."""
     s = cfg["serve"]
-    return api_key(s["api_key_env"], s["api_key_file"] or str(key_file(paths)))
-
-
-def key_file(paths: Paths) -> Path:
-    return paths.results.parent / ".deploy" / "api_key"
+    return api_key(s["api_key_env"], s["api_key_file"] or str(paths.key))
 
 
 # ---------------------------------------------------------------- controller (watchdog + scaler)
@@ -284,13 +248,11 @@ class Controller:
         self.busy_since: float | None = None
         self.idle_since = time.monotonic()
         self.running = True
+        self.event = functools.partial(append_event, paths)  # event(kind, **fields): events.jsonl and stdout
 
     @property
     def replicas(self) -> dict[str, dict[str, Any]]:
         return self.state["replicas"]
-
-    def event(self, kind: str, **fields: Any) -> None:
-        append_event(self.paths, kind, **fields)
 
     def router(self, action: str, url: str) -> int:
         r = httpx2.post(f"{self.state['router']['url']}/{action}", params={"url": url}, timeout=30)
@@ -304,10 +266,7 @@ class Controller:
                "--ntasks-per-node=1", "--exclusive", f"--mem={c['mem_mb_per_node']}",
                f"--time={d['wall_time_min']}", f"--signal=B:TERM@{d['drain_s'] + 10}",
                f"--output={self.paths.logs / 'slurm-%j.log'}", f"--chdir={self.paths.results.parent}"]
-        for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos"),
-                          ("constraint", "constraint"), ("reservation", "reservation")):
-            if c[key]:
-                cmd.append(f"--{flag}={c[key]}")
+        cmd += [f"--{key}={c[key]}" for key in ("partition", "account", "qos", "constraint", "reservation") if c[key]]
         if c["gpus_per_node"]:
             cmd.append(f"--gres={slurm.gres(c)}")
         if avoid := sorted(set(self.state["excluded"]) | set(self.state["unprobed"])):
@@ -450,7 +409,7 @@ def router_cmd(d: dict[str, Any], host: str, port: int, prom: int, policy: str, 
 
 
 def wait_router(host: str, port: int, pid: int, log: Path) -> None:
-    if not poll(lambda: tcp_open(host, port) or not alive(pid), 30) or not alive(pid):
+    if not poll(lambda: tcp_open(host, port) or not pid_alive(pid), 30) or not pid_alive(pid):
         raise DeployError(f"vllm-router did not listen on {host}:{port}; last lines of {log}:\n{tail(log)}")
 
 
@@ -458,7 +417,7 @@ def start(a: argparse.Namespace) -> int:
     paths, cfg = Paths(a.results), json.loads(a.config.read_text())
     d = cfg["deploy"]
     old = read_json(paths.state)
-    if old and alive(old.get("controller_pid")):
+    if old and pid_alive(old.get("controller_pid")):
         raise DeployError(f"a deployment is running (controller pid {old['controller_pid']}): "
                           "`python -m ladder.deploy stop` first")
     layout = replica_layout(paths.results, d["layout"])
@@ -473,11 +432,10 @@ def start(a: argparse.Namespace) -> int:
     write_json(paths.config, cfg)
     if not cfg["serve"]["api_key_file"]:
         # Replicas read the key from a file only the user can read, never from results/ or argv.
-        kf = key_file(paths)
-        kf.parent.mkdir(mode=0o700, exist_ok=True)
-        kf.touch(mode=0o600)
-        kf.chmod(0o600)
-        kf.write_text(api_key(cfg["serve"]["api_key_env"], None))
+        paths.key.parent.mkdir(mode=0o700, exist_ok=True)
+        paths.key.touch(mode=0o600)
+        paths.key.chmod(0o600)
+        paths.key.write_text(api_key(cfg["serve"]["api_key_env"], None))
     key = key_of(cfg, paths)
     host = d["router_host"]
     port, prom = d["router_port"] or free_port(host), free_port(host)
@@ -496,7 +454,7 @@ def start(a: argparse.Namespace) -> int:
 
     def ready() -> bool:
         s = read_json(paths.state, {})
-        if not alive(controller):
+        if not pid_alive(controller):
             raise DeployError(f"the controller exited; last lines of {paths.logs / 'controller.log'}:\n"
                               f"{tail(paths.logs / 'controller.log')}")
         states = [r["state"] for r in s.get("replicas", {}).values()]
@@ -516,7 +474,7 @@ def start(a: argparse.Namespace) -> int:
     s = read_json(paths.state)
     write_json(a.out, {
         "url": f"{state['router']['url']}/v1", "model": cfg["model"]["name"], "policy": d["policy"],
-        "api_key": f"from {cfg['serve']['api_key_file'] or key_file(paths)}",
+        "api_key": f"from {cfg['serve']['api_key_file'] or paths.key}",
         "replicas": [{"job": j, "node": r["node"], "nodes": r.get("nodes", [r["node"]]), "url": r["url"]}
                      for j, r in s["replicas"].items()
                      if r["state"] == "serving"],
@@ -562,21 +520,22 @@ def status(paths: Paths) -> dict[str, Any]:
         if r["state"] == "serving":
             row |= {"healthy": healthy(r["url"], timeout=3)} | (metrics(r["url"]) or {})
         rows.append(row)
-    return {"router": s["router"]["url"], "router_up": alive(s["router"]["pid"]),
-            "controller_up": alive(s.get("controller_pid")), "target": s["target"],
+    return {"router": s["router"]["url"], "router_up": pid_alive(s["router"]["pid"]),
+            "controller_up": pid_alive(s.get("controller_pid")), "target": s["target"],
             "serving": sum(r["state"] == "serving" for r in rows), "degraded": bool(s["excluded"]),
             "excluded_nodes": s["excluded"], "replicas": rows}
 
 
 def scale(paths: Paths, n: int, timeout: float) -> dict[str, Any]:
     s = read_json(paths.state)
-    if not s or not alive(s.get("controller_pid")):
+    if not s or not pid_alive(s.get("controller_pid")):
         raise DeployError("no running deployment to scale")
-    d = read_json(paths.config)["deploy"]
+    cfg = read_json(paths.config)
+    d = cfg["deploy"]
     if not d["min_replicas"] <= n <= d["max_replicas"]:
         raise DeployError(f"scale {n}: outside deploy.min_replicas..max_replicas "
                           f"({d['min_replicas']}..{d['max_replicas']})")
-    partition = slurm.partition_nodes(read_json(paths.config)["cluster"]["partition"])
+    partition = slurm.partition_nodes(cfg["cluster"]["partition"])
     if problem := capacity_problem(n, s["layout"], usable_nodes(partition, s["unprobed"])):
         raise DeployError(problem)
     write_json(paths.request, {"id": time.time_ns(), "replicas": n})
@@ -619,7 +578,7 @@ def stop(paths: Paths) -> dict[str, Any]:
     stop_pids([s["router"]["pid"]], grace=20)
     left = queued()
     result = {"stopped": now(), "replicas_stopped": jobs, "jobs_left": left,
-              "router_up": alive(s["router"]["pid"]), "controller_up": alive(s.get("controller_pid"))}
+              "router_up": pid_alive(s["router"]["pid"]), "controller_up": pid_alive(s.get("controller_pid"))}
     for j in jobs:
         s["replicas"][j]["state"] = "stopped"
     s["stopped"] = result["stopped"]

@@ -17,7 +17,7 @@ import psutil
 
 from ladder import splitcheck
 from ladder.verdict import Verdict
-from ladder.vllmserver import Server, attempt, smoke
+from ladder.vllmserver import Server, attempt, healthy, smoke
 
 
 def split_check(v: Verdict, greedy: list[dict[str, Any]], reference: list[dict[str, Any]] | None,
@@ -97,7 +97,7 @@ def run_suite(v: Verdict, srv: Server, reference_outputs: list[dict[str, Any]] |
     }
     for name, status in bad.items():
         v.check(f"malformed:{name}", 400 <= status < 500, status, "4xx")
-    alive = srv.healthy()
+    alive = healthy(srv.base)
     v.check("alive_after_malformed", alive, alive, True)
 
     greedy = srv.greedy()

@@ -25,7 +25,7 @@ from ladder.goodput import tuned_serve_args
 from ladder.logs import last_run, shorten
 from ladder.plan import PlanError, make_plan, model_shape
 from ladder.poll import poll
-from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
+from ladder.raycluster import ClusterError, RayCluster, Spec, job_spec
 from ladder.raystage import check_nodes, check_tasks
 from ladder.singlestage import perf_checks
 from ladder.verdict import Verdict, open_stage, stage_parser, write_json
@@ -133,10 +133,9 @@ def serve_env(spec: Spec) -> dict[str, str]:
 
 def start(run: Run, pipeline: list[str]) -> Server:
     spec = run.cluster.spec
+    args = serve_args(run.cfg, run.tp, len(pipeline), ray=True) + tuned_serve_args(run.a.results, run.cfg["tune"])
     srv = Server(run.model_path, run.served, spec.ports["serve"], run.key, run.a.log_dir / spec.head / "vllm-serve.log",
-                 args=serve_args(run.cfg, run.tp, len(pipeline), ray=True) + tuned_serve_args(run.a.results,
-                                                                                              run.cfg["tune"]),
-                 env=serve_env(spec))
+                 args=args, env=serve_env(spec))
     srv.start()
     return srv
 
@@ -185,10 +184,9 @@ def serve(v: Verdict, run: Run, pipeline: list[str], attempt: int) -> tuple[Serv
     """One start -> wait -> check of the service on `pipeline`; the caller stops the server."""
     srv = start(run, pipeline)
     try:
-        healthy = check_healthy(v, srv, run.cfg["serve"]["health_timeout_s"],
-                                f"attempt {attempt}, PP={len(pipeline)} on {', '.join(pipeline)}")
-        if healthy is not None:
-            v.metrics["time_to_healthy_s" + (f"_attempt{attempt}" if attempt > 1 else "")] = round(healthy, 1)
+        if check_healthy(v, srv, run.cfg["serve"]["health_timeout_s"],
+                         f"attempt {attempt}, PP={len(pipeline)} on {', '.join(pipeline)}",
+                         "time_to_healthy_s" + (f"_attempt{attempt}" if attempt > 1 else "")) is not None:
             check(v, run, srv, pipeline, attempt)
     except (ServerError, RuntimeError, OSError) as err:
         return srv, err
@@ -230,20 +228,15 @@ def make_stage_plan(v: Verdict, cfg: dict[str, Any], nodes: list[str]) -> tuple[
 
 def cluster_spec(cfg: dict[str, Any], a: argparse.Namespace, job: str, nodes: list[str],
                  probe: dict[str, dict[str, Any]], tp: int) -> Spec:
-    addrs, ifaces = addresses_from_probe([probe[n] for n in nodes if n in probe])
-    ports = slurm.job_ports(int(job), cfg["ray"]["port_base"], cfg["ray"]["port_range"])
-    env = {"VLLM_PORT": str(ports["vllm"])}
-    resources: dict[str, float] = {}
+    """The job's Ray cluster (raycommand.job_spec) for vLLM: its port, and on CPU the platform plugin."""
+    spec = job_spec(cfg, job, nodes, probe, a.log_dir / "ray", a.out_dir / "monitor")
+    spec.env = {"VLLM_PORT": str(spec.ports["vllm"])}
     if cfg["env"]["flavor"] == "cpu":
         # The platform plugin (ladder.vllm_plugin) enables the Ray executor on CPU; its workers
         # are placed by a custom resource, tp slots per node, so pipeline ranks spread.
-        env |= cpu_env(a.cache.resolve()) | {"LADDER_CPU_RAY": "1"}
-        resources = {RAY_RESOURCE: tp}
-    return Spec(job=job, nodes=nodes, addrs=addrs, ifaces=ifaces, ports=ports, cpus=cfg["cluster"]["cpus_per_node"],
-                gpus=cfg["cluster"]["gpus_per_node"], object_store_mb=cfg["ray"]["object_store_mb"],
-                log_dir=str(a.log_dir / "ray"), join_timeout_s=cfg["ray"]["join_timeout_s"], env=env,
-                resources=resources,
-                monitor_dir=str(a.out_dir / "monitor"), monitor_interval_s=cfg["monitor"]["interval_s"])
+        spec.env |= cpu_env(a.cache.resolve()) | {"LADDER_CPU_RAY": "1"}
+        spec.resources = {RAY_RESOURCE: tp}
+    return spec
 
 
 def bring_up(v: Verdict, cluster: RayCluster, probe: dict[str, dict[str, Any]], tp: int, pp: int) -> bool:

@@ -66,11 +66,14 @@ def dims(cfg: dict[str, Any]) -> dict[str, Any]:
                            "num_hidden_layers": int(cfg.get("num_hidden_layers", cfg.get("n_layer", 0)) or 0)}
     if "hidden_size" in cfg:
         h = int(cfg["hidden_size"])
-        out |= {"hidden_size": h, "vocab_size": int(cfg.get("vocab_size", 0)),
-                "head_dim": int(cfg.get("head_dim") or h // max(heads, 1)),
-                "intermediate_size": int(cfg.get("intermediate_size") or cfg.get("ffn_hidden_size") or 4 * h),
-                "gated_mlp": family != "falcon", "tie_word_embeddings": bool(cfg.get("tie_word_embeddings")),
-                "attention_bias": bool(cfg.get("attention_bias") or family == "qwen2")}
+        hd, gated = int(cfg.get("head_dim") or h // max(heads, 1)), family != "falcon"
+        inter = int(cfg.get("intermediate_size") or cfg.get("ffn_hidden_size") or 4 * h)
+        out |= {"hidden_size": h, "vocab_size": int(cfg.get("vocab_size", 0)), "head_dim": hd,
+                "intermediate_size": inter, "gated_mlp": gated,
+                "tie_word_embeddings": bool(cfg.get("tie_word_embeddings")),
+                "attention_bias": bool(cfg.get("attention_bias") or family == "qwen2"),
+                # One layer's linear weights, biases left out: q, o + k, v; gate (gated MLP only), up, down.
+                "linear_per_layer": 2 * h * heads * hd + 2 * h * kv * hd + (3 if gated else 2) * h * inter}
     return out
 
 
@@ -200,11 +203,9 @@ def fit_one_node(cfg: dict[str, Any], dtype_bytes: int, gpus_per_node: int, gpu_
     vLLM's gpu_memory_utilization, less RESERVE_PER_GPU. When that does not fit, the proxy keeps as many
     layers as fit."""
     d = dims(cfg)
-    h, hd, kv = d["hidden_size"], d["head_dim"], d["num_key_value_heads"]
-    attn = 2 * h * d["num_attention_heads"] * hd + 2 * h * kv * hd
-    mlp = (3 if d["gated_mlp"] else 2) * h * d["intermediate_size"]
-    embed = d["vocab_size"] * h * (1 if d["tie_word_embeddings"] else 2)
-    layer = (attn + mlp) * (1 if fp8_weights else dtype_bytes) + 2 * kv * hd * (kv_bytes or dtype_bytes) * min_kv_tokens
+    embed = d["vocab_size"] * d["hidden_size"] * (1 if d["tie_word_embeddings"] else 2)
+    kv_per_token = 2 * d["num_key_value_heads"] * d["head_dim"] * (kv_bytes or dtype_bytes)
+    layer = d["linear_per_layer"] * (1 if fp8_weights else dtype_bytes) + kv_per_token * min_kv_tokens
     node = int(gpus_per_node * gpu_memory_bytes * gpu_memory_utilization)
     fit = Fit(embed * dtype_bytes, layer, min_kv_tokens, node, d["num_hidden_layers"], None,
               gpus_per_node * RESERVE_PER_GPU)

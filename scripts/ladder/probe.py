@@ -20,6 +20,7 @@ from typing import Any
 
 import psutil
 
+from ladder import slurm
 from ladder.monitor import visible_indices
 from ladder.raycommand import choose_nic
 from ladder.verdict import Verdict, write_json
@@ -146,10 +147,7 @@ def summarize(node_dir: Path, expected_nodes: list[str], gpus_per_node: int, v: 
               network: str = "auto") -> list[dict[str, Any]]:
     """The nodes' reports, each with the interface chosen for Ray, vLLM, NCCL and Gloo (`network`,
     cluster.network; ladder.raycommand.choose_nic) and why; the checks go to `v`."""
-    found = {}
-    for f in sorted(node_dir.glob("*.json")):
-        data = json.loads(f.read_text())
-        found[data["slurm_node"]] = data
+    found = {d["slurm_node"]: d for d in (json.loads(f.read_text()) for f in sorted(node_dir.glob("*.json")))}
     nodes = [found[n] for n in expected_nodes if n in found]
     missing = [n for n in expected_nodes if n not in found]
     v.nodes = expected_nodes
@@ -191,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (n, s):
         p.add_argument("--network", default="auto", help="cluster.network: interface name, IPv4 CIDR or auto")
     s.add_argument("--node-dir", type=Path, required=True)
-    s.add_argument("--expected-nodes", required=True, help="comma-separated allocation node list")
+    s.add_argument("--expected-nodes", help="comma-separated allocation node list (default: this Slurm job's)")
     s.add_argument("--gpus-per-node", type=int, required=True)
     s.add_argument("--config-hash", default="")
     s.add_argument("--out", type=Path, required=True)
@@ -204,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpus: {data['gpus']['kind']} x{data['gpus']['count']}; network: {choose_nic(data, a.network)}")
         return 0
     v = Verdict("probe", config_hash=a.config_hash)
-    expected = [x for x in a.expected_nodes.split(",") if x]
+    expected = [x for x in a.expected_nodes.split(",") if x] if a.expected_nodes else slurm.job_nodes()
     nodes = summarize(a.node_dir, expected, a.gpus_per_node, v, a.network)
     v.metrics["gpus_total"] = sum(n["gpus"]["count"] for n in nodes)
     v.metrics["cpus_total"] = sum(n["cpu"]["affinity"] for n in nodes)

@@ -22,14 +22,25 @@ from typing import Any
 from ladder.logs import tail
 from ladder.poll import poll, tcp_open
 from ladder.raycommand import Spec, addresses_from_probe, srun_nodes_cmd
-
-__all__ = ["ClusterError", "RayCluster", "Spec", "addresses_from_probe"]
+from ladder.slurm import job_ports
 
 
 class ClusterError(RuntimeError):
     def __init__(self, message: str, nodes: list[str]) -> None:
         super().__init__(message)
         self.nodes = nodes  # the nodes that failed
+
+
+def job_spec(cfg: dict[str, Any], job: str, nodes: list[str], probe: dict[str, dict[str, Any]], log_dir: Path,
+             monitor_dir: Path) -> Spec:
+    """Slurm job `job`'s cluster (cluster, ray, monitor sections) at the probe's addresses (none if unprobed)."""
+    addrs, ifaces = addresses_from_probe([probe[n] for n in nodes if n in probe])
+    c, r = cfg["cluster"], cfg["ray"]
+    return Spec(job=job, nodes=nodes, addrs=addrs, ifaces=ifaces,
+                ports=job_ports(int(job), r["port_base"], r["port_range"]), cpus=c["cpus_per_node"],
+                gpus=c["gpus_per_node"], object_store_mb=r["object_store_mb"], log_dir=str(log_dir),
+                join_timeout_s=r["join_timeout_s"], monitor_dir=str(monitor_dir),
+                monitor_interval_s=cfg["monitor"]["interval_s"])
 
 
 class RayCluster:
@@ -86,17 +97,14 @@ class RayCluster:
 
         if not poll(connected, deadline - time.monotonic()):
             raise ClusterError(self.diagnose("start-head", [self.spec.head]), [self.spec.head])
-        joined: dict[str, Any] = {}
 
-        def all_joined() -> bool:
-            joined.clear()
-            joined.update(self.alive_nodes())
-            return all(n in joined for n in self.spec.nodes) or self.exited()
+        def missing() -> list[str]:
+            joined = self.alive_nodes()
+            return [n for n in self.spec.nodes if n not in joined]
 
-        poll(all_joined, deadline - time.monotonic())
-        missing = [n for n in self.spec.nodes if n not in joined]
-        if missing:
-            raise ClusterError(self.diagnose("join", missing), missing)
+        poll(lambda: not missing() or self.exited(), deadline - time.monotonic())
+        if left := missing():
+            raise ClusterError(self.diagnose("join", left), left)
         return time.monotonic() - self.started
 
     def diagnose(self, step: str, missing: list[str]) -> str:

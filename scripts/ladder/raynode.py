@@ -26,6 +26,7 @@ import psutil
 from ladder.logs import tail
 from ladder.poll import poll, tcp_open
 from ladder.raycommand import Spec, node_env, ray_start_cmd
+from ladder.sandbox import stop_pids
 
 SHM_PATTERNS = ("psm_*", "*cpushm*", "sem.*", "plasma*")
 RAY_LOGS = ("raylet.out", "raylet.err", "gcs_server.out", "gcs_server.err", "python-core-driver-*.log",
@@ -40,17 +41,12 @@ def own_processes(marker: str) -> list[psutil.Process]:
 
 
 def kill_tree(root: int, marker: str, grace: float = 5) -> None:
-    try:
-        procs = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        procs = []
-    procs += own_processes(marker)
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace)
-    # gcs_server and raylet may ignore SIGTERM (DESIGN.md §7).
-    for p in alive + own_processes(marker):
+    children = []
+    with contextlib.suppress(psutil.NoSuchProcess):
+        children = psutil.Process(root).children(recursive=True)
+    stop_pids([root, *(p.pid for p in children + own_processes(marker))], grace)
+    # gcs_server and raylet may ignore SIGTERM (DESIGN.md §7): stop_pids killed them; any started since go too.
+    for p in own_processes(marker):
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
 

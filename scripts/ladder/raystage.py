@@ -17,7 +17,7 @@ from typing import Any
 import psutil
 
 from ladder import slurm
-from ladder.raycluster import ClusterError, RayCluster, Spec, addresses_from_probe
+from ladder.raycluster import ClusterError, RayCluster, job_spec
 from ladder.verdict import Verdict, open_stage, stage_parser, write_json
 
 
@@ -110,24 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verdict", type=Path, required=True)
     a, cfg, v = open_stage("ray", ap, argv)
     job = slurm.job_id()
-    nodes = slurm.job_nodes(job)
-    v.nodes = nodes
+    v.nodes = nodes = slurm.job_nodes(job)
     want = cfg["cluster"]["nodes"]
     if len(nodes) < want:
         v.degraded_reason = f"ran on {len(nodes)} of {want} nodes ({', '.join(nodes)}); failed nodes were excluded"
     probe = {n["slurm_node"]: n for n in json.loads((a.results / "probe" / "nodes.json").read_text())["nodes"]}
-    addrs, ifaces = addresses_from_probe([probe[n] for n in nodes if n in probe])
-    unknown = [n for n in nodes if n not in addrs]
+    spec = job_spec(cfg, job, nodes, probe, a.log_dir, a.verdict.parent / "monitor")
+    unknown = [n for n in nodes if n not in spec.addrs]
     if unknown:
         v.check("nodes_probed", False, unknown, "every allocated node in probe/nodes.json",
                 detail="re-run the probe stage on this allocation's nodes")
         return v.finish(a.verdict)
-    rc = cfg["ray"]
-    spec = Spec(job=job, nodes=nodes, addrs=addrs, ifaces=ifaces,
-                ports=slurm.job_ports(int(job), rc["port_base"], rc["port_range"]),
-                cpus=cfg["cluster"]["cpus_per_node"], gpus=cfg["cluster"]["gpus_per_node"],
-                object_store_mb=rc["object_store_mb"], log_dir=str(a.log_dir), join_timeout_s=rc["join_timeout_s"],
-                monitor_dir=str(a.verdict.parent / "monitor"), monitor_interval_s=cfg["monitor"]["interval_s"])
     cluster = RayCluster(spec)
     try:
         import ray
@@ -145,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         v.metrics["bringup_s"] = round(bringup, 2)
         v.check("nodes_joined", True, len(nodes), len(nodes), "nodes", detail=f"all joined in {bringup:.1f}s")
         ids = check_nodes(v, cluster, probe, spec.cpus)
-        check_tasks(v, ids, addrs)
-        check_transfer(v, ids, spec.head, rc["transfer_mb"], spec.ifaces)
+        check_tasks(v, ids, spec.addrs)
+        check_transfer(v, ids, spec.head, cfg["ray"]["transfer_mb"], spec.ifaces)
         if spec.gpus:
             from ladder.collective import check_allreduce
 

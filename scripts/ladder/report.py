@@ -249,18 +249,17 @@ def deploy_part(results: Path, out: Path) -> tuple[list[str], list[str]]:
     plots = []
     step = {"replica_serving": 1, "replica_lost": -1, "replica_draining": -1}
     if any(e["event"] in step for e in events):
-        t0 = time.mktime(time.strptime(events[0]["t"][:19], "%Y-%m-%dT%H:%M:%S"))
+        at = [time.mktime(time.strptime(e["t"][:19], "%Y-%m-%dT%H:%M:%S")) for e in events]
         xs, ys, n = [0.0], [0], 0
-        for e in events:
+        for e, t in zip(events, at, strict=True):
             if e["event"] in step or e["event"] == "deployment_stopped":
                 n = n + step[e["event"]] if e["event"] in step else 0
-                xs.append(time.mktime(time.strptime(e["t"][:19], "%Y-%m-%dT%H:%M:%S")) - t0)
+                xs.append(t - at[0])
                 ys.append(n)
         fig, ax = plt.subplots(figsize=(8, 2.6))
         ax.step(xs, ys, where="post")
-        for e in events:
+        for e, x in zip(events, (t - at[0] for t in at), strict=True):
             if e["event"] in ("replica_lost", "scale_up", "scale_down", "scale_requested", "deployment_stopped"):
-                x = time.mktime(time.strptime(e["t"][:19], "%Y-%m-%dT%H:%M:%S")) - t0
                 ax.axvline(x, color="#c62828" if e["event"] == "replica_lost" else "#1565c0", ls=":", lw=1)
                 ax.annotate(e["event"], (x, max(ys) + 0.1), fontsize=7, rotation=90, va="bottom")
         ax.set(xlabel="s since deploy started", ylabel="replicas serving", ylim=(0, max(ys) + 1.5))
@@ -335,11 +334,9 @@ def build(results: Path, out: Path, config: dict[str, Any], config_hash: str = "
     parts.append("<h2>Time breakdown per stage (s)</h2>" + table(
         ["stage", "phases"], [[s, ", ".join(f"{k} {v:.1f}" for k, v in b.items())] for s, b in breakdown.items()]))
 
-    crow = []
-    for s in stages:
-        for c in (verdicts[s] or {}).get("checks", []):
-            mark = {True: "ok", False: "FAIL", None: "n/a"}[c["ok"]]
-            crow.append([s, c["name"], mark, fmt(c["value"]), fmt(c["expected"]), c["unit"], c["detail"]])
+    mark = {True: "ok", False: "FAIL", None: "n/a"}
+    crow = [[s, c["name"], mark[c["ok"]], fmt(c["value"]), fmt(c["expected"]), c["unit"], c["detail"]]
+            for s in stages for c in (verdicts[s] or {}).get("checks", [])]
     parts += ["<h2>Every check (performance checks against config references)</h2>",
               table(["stage", "check", "result", "value", "reference / expected", "unit", "detail"], crow)]
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ladder.logs import vllm_memory
+from ladder.plan import dims
 
 GIB = 2**30
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "auto": 2}
@@ -46,29 +47,15 @@ def copy_bandwidth(size_bytes: int, seconds_per_copy: float) -> float:
     return 2 * size_bytes / seconds_per_copy
 
 
-def linear_shape(cfg: dict[str, Any]) -> dict[str, int]:
-    """A Llama-style decoder's (GQA attention, gated MLP) sizes from config.json, with the weights of one
-    layer's linear layers (q, o + k, v; gate, up, down), biases left out."""
-    cfg = cfg.get("text_config", cfg)
-    h, inter, layers, vocab = (int(cfg[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                                                     "vocab_size"))
-    heads = int(cfg["num_attention_heads"])
-    kv = int(cfg.get("num_key_value_heads", heads))
-    head_dim = int(cfg.get("head_dim") or h // heads)
-    return {"hidden": h, "layers": layers, "vocab": vocab, "heads": heads, "kv_heads": kv, "head_dim": head_dim,
-            "linear_per_layer": h * heads * head_dim * 2 + h * kv * head_dim * 2 + 3 * h * inter}
-
-
 def param_count(cfg: dict[str, Any]) -> int:
     """Parameters of a Llama-style decoder (GQA attention, gated MLP, RMSNorm) from config.json."""
-    s, cfg = linear_shape(cfg), cfg.get("text_config", cfg)
-    h, heads, kv, head_dim = s["hidden"], s["heads"], s["kv_heads"], s["head_dim"]
-    per_layer = s["linear_per_layer"] + 2 * h  # + input and post-attention norms
+    d, cfg = dims(cfg), cfg.get("text_config", cfg)
+    h, heads, kv, head_dim = d["hidden_size"], d["num_attention_heads"], d["num_key_value_heads"], d["head_dim"]
+    per_layer = d["linear_per_layer"] + 2 * h  # + input and post-attention norms
     if cfg.get("attention_bias"):
         per_layer += heads * head_dim + 2 * kv * head_dim + h
-    layers, vocab = s["layers"], s["vocab"]
-    embed = vocab * h * (1 if cfg.get("tie_word_embeddings") else 2)
-    return layers * per_layer + embed + h  # + final norm
+    embed = d["vocab_size"] * h * (1 if d["tie_word_embeddings"] else 2)
+    return d["num_hidden_layers"] * per_layer + embed + h  # + final norm
 
 
 def weight_bytes_from_config(cfg: dict[str, Any], dtype: str, tp: int = 1) -> float:

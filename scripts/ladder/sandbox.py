@@ -32,6 +32,7 @@ import psutil
 from ladder import system
 from ladder.logs import tail
 from ladder.poll import poll
+from ladder.verdict import read_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,8 +117,10 @@ def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-def pid_alive(pid: int, name: str | None = None) -> bool:
-    """Running (not a zombie), and when a name is given, its command line mentions it."""
+def pid_alive(pid: int | None, name: str | None = None) -> bool:
+    """Running (not a zombie), and when a name is given, its command line mentions it; False for no pid."""
+    if not pid:
+        return False  # psutil.Process(None) would be this process
     try:
         p = psutil.Process(pid)
         return p.status() != psutil.STATUS_ZOMBIE and (name is None or name in " ".join(p.cmdline()))
@@ -126,11 +129,8 @@ def pid_alive(pid: int, name: str | None = None) -> bool:
 
 
 def load_state(state_dir: Path) -> State | None:
-    try:
-        raw = json.loads((state_dir / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return State(spec=Spec(**raw["spec"]), pids=raw["pids"], started=raw["started"])
+    raw = read_json(state_dir / "state.json")
+    return State(spec=Spec(**raw["spec"]), pids=raw["pids"], started=raw["started"]) if raw else None
 
 
 def save_state(state_dir: Path, state: State) -> None:
@@ -228,15 +228,13 @@ def write_configs(spec: Spec, state_dir: Path) -> Path:
     for sub in ("etc", "log", "run", "spool/ctld"):
         (state_dir / sub).mkdir(parents=True, exist_ok=True)
     host = socket.gethostname().split(".")[0]
-    gpus_per_node = 0
-    gres_lines = ["AutoDetect=off"]
+    # Fake GPUs are typed as a site's are (gpu:<type>:N); a request without a type still matches.
+    typed = f" Type={FAKE_GPU_TYPE}" if spec.fake_gpus else ""
+    gpus_per_node, gres_lines = 0, ["AutoDetect=off"]
     for i, node in enumerate(spec.node_names()):
         devs = gpu_devices(spec, state_dir, node, i) if (spec.fake_gpus or spec.real_gpus) else []
         gpus_per_node = len(devs)
-        # Fake GPUs are typed as a site's are (gpu:<type>:N); a request without a type still matches.
-        typed = f" Type={FAKE_GPU_TYPE}" if spec.fake_gpus else ""
-        for dev in devs:
-            gres_lines.append(f"NodeName={node} Name=gpu{typed} File={dev}")
+        gres_lines += [f"NodeName={node} Name=gpu{typed} File={dev}" for dev in devs]
     gres = f" Gres=gpu:{FAKE_GPU_TYPE + ':' if spec.fake_gpus else ''}{gpus_per_node}" if gpus_per_node else ""
     prolog_line = ""
     if gpus_per_node:
@@ -417,10 +415,12 @@ def net_down(instance: int) -> None:
 
 
 # ---------------------------------------------------------------- daemons
-def spawn(cmd: list[str], log: Path, env: dict[str, str]) -> int:
+def spawn(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> int:
+    """A process that outlives the one that starts it (own session, its own log, no stdin)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    return proc.pid
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True).pid
 
 
 def wait_for(what: str, pred: Callable[[], bool], timeout: float, log: Path) -> None:
@@ -474,8 +474,7 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
     conf = write_configs(spec, state_dir)
     env = slurm_env(state_dir)
     state = State(spec=spec, started=time.time())
-    munge_pid = start_munge(state_dir, env)
-    if munge_pid:
+    if munge_pid := start_munge(state_dir, env):
         state.pids["munged"] = munge_pid
     net_up(spec)
     save_state(state_dir, state)
@@ -552,10 +551,9 @@ def stop_pids(pids: list[int], grace: float = 10) -> None:
 def down(state_dir: Path, instance: int = 0, quiet: bool = False) -> None:
     state_dir = state_dir.resolve()
     state = load_state(state_dir)
-    if state:
-        instance = state.spec.instance
     ours = []
     if state:
+        instance = state.spec.instance
         others = [ns for ns in (Path("/run/netns").glob("ladder*-*")) if not ns.name.startswith(ns_prefix(instance))]
         for role, pid in state.pids.items():
             if role == "munged" and others:
@@ -597,15 +595,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state", type=Path, help="state directory (default: .sandbox, .sandbox<instance>)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="install what is missing and start the cluster (idempotent)")
-    u.add_argument("--nodes", type=int, default=2, help="slurmd nodes (default 2)")
+    u.add_argument("--nodes", type=int, default=2, choices=range(1, 17), metavar="N",
+                   help="slurmd nodes, 1 to 16 (default 2)")
     u.add_argument("--cpus", type=int, default=2, help="CPUs each node offers to Slurm")
     u.add_argument("--node-cpus", action="append", default=[], metavar="NODE=N",
                    help="a node with N CPUs instead (unequal nodes), confined to the host's last N cores")
     u.add_argument("--mem-mb", type=int, default=8000, help="memory each node offers to Slurm (MB)")
-    u.add_argument("--fake-gpus", type=int, default=0, help="fake GPU gres per node (scheduling tests)")
+    gpus = u.add_mutually_exclusive_group()
+    gpus.add_argument("--fake-gpus", type=int, default=0, help="fake GPU gres per node (scheduling tests)")
+    gpus.add_argument("--real-gpus", action="store_true", help="split this machine's /dev/nvidiaN over the nodes")
     u.add_argument("--no-accounting", dest="accounting", action="store_false",
                    help="no slurmdbd/MariaDB (machines without them, e.g. the GPU bundle)")
-    u.add_argument("--real-gpus", action="store_true", help="split this machine's /dev/nvidiaN over the nodes")
     u.add_argument("--subnet", default="", help="first three octets of the private /24 (default 10.77.<instance>)")
     u.add_argument("--timeout", type=float, default=60, help="seconds to wait for every node to be idle")
     sub.add_parser("status", help="show daemons and node states; exit 1 unless all are up")
@@ -614,10 +614,6 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     a.state = a.state or default_state(a.instance)
     if a.cmd == "up":
-        if not 1 <= a.nodes <= 16:
-            ap.error("--nodes must be between 1 and 16")
-        if a.fake_gpus and a.real_gpus:
-            ap.error("--fake-gpus and --real-gpus exclude each other")
         try:
             node_cpus = {n: int(c) for n, c in (item.split("=", 1) for item in a.node_cpus)}
         except ValueError:

@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
                      args=serve_args(cfg, tp, 1, ray=False) + (fit.serve_args() if fit else []), env=env)
         sampler.start()
         srv.start()
-        healthy = check_healthy(v, srv, cfg["serve"]["health_timeout_s"])
-        if healthy is not None:
-            v.metrics["time_to_healthy_s"] = round(healthy, 1)
+        if check_healthy(v, srv, cfg["serve"]["health_timeout_s"]) is not None:
             check(v, a, cfg, srv, versions, tp, bandwidth, fit)
     except (ServerError, RuntimeError) as err:
         v.check("serve", False, None, "a healthy server", detail=shorten(str(err)))

@@ -79,17 +79,3 @@ def job_ports(jid: int, base: int, span: int) -> dict[str, int]:
     ports["max_worker"] = start + PORTS_PER_JOB - 1
     return ports
 
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    ap = argparse.ArgumentParser(description="Slurm helpers for stage scripts")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("nodes", help="comma-separated nodes of this job's allocation")
-    ap.parse_args(argv)
-    print(",".join(job_nodes()))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -91,6 +91,8 @@ def corpus_files() -> list[Path]:
         files += sorted(p for p in LICENSE_DIR.iterdir() if p.is_file() and not p.is_symlink())
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files += [stdlib / name for name in STDLIB_FILES if (stdlib / name).is_file()]
+    if not files:
+        raise SystemExit("tinymodel: no corpus text found (neither common-licenses nor stdlib sources)")
     return files
 
 
@@ -198,13 +200,6 @@ def _train_tokenizer(recipe: Recipe, corpus: Sequence[Path],
     )
 
 
-def _corpus() -> list[Path]:
-    corpus = corpus_files()
-    if not corpus:
-        raise SystemExit("tinymodel: no corpus text found (neither common-licenses nor stdlib sources)")
-    return corpus
-
-
 def _already_built(out: Path, digest: str, *, require_weights: bool) -> bool:
     """True when `out` holds this recipe's build; refuses to go on over a directory we did not create."""
     marker = out / MARKER
@@ -245,7 +240,7 @@ def _publish(out: Path, write: Callable[[Path], None], info: dict[str, object], 
 
 def build(out: Path, recipe: Recipe) -> str:
     """Build into `out` unless it already holds this recipe's build; returns a one-line status."""
-    corpus = _corpus()
+    corpus = corpus_files()
     digest = recipe_hash(recipe, corpus)
     if _already_built(out, digest, require_weights=True):
         return f"tinymodel: {out} already built (recipe {digest}), nothing to do"
@@ -327,7 +322,7 @@ def build_shape(out: Path, shape: str, recipe: Recipe) -> str:
     """Config of a real architecture + the local tokenizer padded to its vocabulary; no weights."""
     arch = SHAPES[shape]
     vocab_size = int(arch["vocab_size"])  # type: ignore[call-overload]
-    corpus = _corpus()
+    corpus = corpus_files()
     recipe = dataclasses.replace(recipe, vocab_size=SHAPE_TOKENIZER_VOCAB, layers=int(arch["num_hidden_layers"]),
                                  max_position=int(arch["max_position_embeddings"]))  # type: ignore[call-overload]
     digest = hashlib.sha256((recipe_hash(recipe, corpus) + json.dumps(arch, sort_keys=True)).encode()).hexdigest()[:16]

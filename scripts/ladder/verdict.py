@@ -99,6 +99,14 @@ def write_json(path: Path, data: Any) -> None:
     tmp.replace(path)
 
 
+def read_json(path: Path, default: Any = None) -> Any:
+    """A JSON file's content, or ``default`` where it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
 def read_verdict(path: Path | str) -> dict[str, Any]:
     data = json.loads(Path(path).read_text())
     if data.get("status") not in STATUSES:
