@@ -135,7 +135,8 @@ def load_state(state_dir: Path) -> State | None:
         raw = json.loads((state_dir / "state.json").read_text())
     except (OSError, ValueError):
         return None
-    return State(spec=Spec(**raw["spec"]), pids=raw["pids"], started=raw["started"])
+    # A state from before the private /tmp (no tmp_mb) is another spec: `up` restarts it rather than reuse it.
+    return State(spec=Spec(**{"tmp_mb": 0, **raw["spec"]}), pids=raw["pids"], started=raw["started"])
 
 
 def save_state(state_dir: Path, state: State) -> None:
