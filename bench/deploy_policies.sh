@@ -8,7 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 inst="${1:-3}"
-work="$(mktemp -d /tmp/ladder-policies.XXXX)"
+# The work directory on storage the nodes share (each sandbox node has a /tmp of its own).
+mkdir -p .cache/bench
+work="$(mktemp -d "$PWD/.cache/bench/ladder-policies.XXXX")"
 state="$PWD/.sandbox$inst"
 py="$PWD/.venv/bin/python"
 export PATH="$PWD/.venv/bin:$PATH" SLURM_CONF="$state/etc/slurm.conf"

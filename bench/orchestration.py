@@ -48,6 +48,7 @@ from snakemake.utils import update_config
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+WORK_ROOT = ROOT / ".cache" / "bench"  # the runs' work directories (--keep leaves them there)
 TARGET = "results/ray/verdict.json"
 STAGES = ("env", "probe", "ray")
 
@@ -100,7 +101,9 @@ def ctld_events(log: Path, offset: int) -> dict[int, dict[str, float]]:
 
 def run_once(variant: str, settings: dict[str, str], cfg: dict[str, Any], env: dict[str, str],
              ctld_log: Path, keep: bool) -> dict[str, Any]:
-    wd = Path(tempfile.mkdtemp(prefix=f"ladder-bench-{variant}-"))
+    # On storage the sandbox nodes share (the repo's ignored .cache): each node has a /tmp of its own.
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    wd = Path(tempfile.mkdtemp(prefix=f"ladder-bench-{variant}-", dir=WORK_ROOT))
     cfg_file = wd / "bench-config.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
     cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(wd), "--configfile",

@@ -20,14 +20,14 @@ for b in nsenter unshare hostname mount dpkg xz; do command -v $b >/dev/null && 
 if ladder_ensure_ip >/tmp/ip-install.log 2>&1; then ok "ip: $(command -v ip) ($(ip -V 2>&1))"
 else bad "ip: $(tail -3 /tmp/ip-install.log)"; fi
 
-# Namespaces, bridge, veth, private /dev/shm: exactly what ladder.sandbox does.
+# Namespaces, bridge, veth, private /dev/shm and /tmp: exactly what ladder.sandbox does.
 ns=ladderchk-n1
 if ip netns add $ns && ip link add ladderchk type bridge && ip addr add 10.79.0.1/24 dev ladderchk \
    && ip link set ladderchk up && ip link add lchk-n1 type veth peer name eth0 netns $ns \
    && ip link set lchk-n1 master ladderchk up && ip -n $ns addr add 10.79.0.11/24 dev eth0 \
    && ip -n $ns link set eth0 up && ip -n $ns link set lo up; then
   out=$(nsenter --net=/run/netns/$ns unshare --uts --mount --propagation private sh -c \
-        'hostname n1 && mount -t tmpfs -o size=64m ladder-shm /dev/shm && echo "$(hostname) shm=$(df -h /dev/shm | tail -1 | awk "{print \$2}")"' 2>&1) \
+        'hostname n1 && mount -t tmpfs -o size=64m ladder-shm /dev/shm && mount -t tmpfs -o size=64m,mode=1777 ladder-tmp /tmp && echo "$(hostname) shm=$(df -h /dev/shm | tail -1 | awk "{print \$2}") tmp=$(df -h /tmp | tail -1 | awk "{print \$2}")"' 2>&1) \
     && ok "netns+bridge+veth+uts+mount ns: $out" || bad "nsenter/unshare: $out"
   ping -c1 -W2 10.79.0.11 >/dev/null 2>&1 && ok "bridge -> veth ping" || echo "info ping unavailable or failed (not needed)"
 else

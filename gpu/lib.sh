@@ -27,12 +27,14 @@ ladder_ensure_ip() {
   command -v ip >/dev/null && ip -V
 }
 
-# /tmp/venv: an interpreter whose site-packages are the bundle (/tmp/site) first, then the
+# $LADDER_SHARED/venv: an interpreter whose site-packages are the bundle ($LADDER_SHARED/site) first, then the
 # image's (torch, numpy, transformers): the env stage's prefix (env.prefix) and every
 # stage's python. Console scripts of the bundle get wrappers bound to it (ray start,
 # snakemake jobs and vLLM then all run on this interpreter, whatever PYTHONPATH says).
+# Both on shared storage: every sandbox node runs them, and each node's /tmp is its own.
 ladder_setup_venv() {
-  local venv=${1:-/tmp/venv} repo=${2:?repo} site=${SITE:-/tmp/site} sp img d f
+  local shared=${LADDER_SHARED:-/scratch/ladder}
+  local venv=${1:-$shared/venv} repo=${2:?repo} site=${SITE:-$shared/site} sp img d f
   [[ -f $venv/.ladder-ready ]] && return 0
   rm -rf "$venv"
   env -u PYTHONPATH python3 -m venv --without-pip "$venv" || return 1

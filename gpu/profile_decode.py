@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Where single-stream decode time goes: vLLM's own torch profiler around one request (issue 19, item 2).
 
-Runs ON THE GPU MACHINE after `gpu/run_ladder.sh` (its /tmp/venv and model), outside Slurm:
+Runs ON THE GPU MACHINE after `gpu/run_ladder.sh` (its /scratch/ladder/venv and model), outside Slurm:
 
-    /tmp/venv/bin/python gpu/profile_decode.py run config/gpu/h200-tune.yaml --out $OUT/profile-bf16
+    /scratch/ladder/venv/bin/python gpu/profile_decode.py run config/gpu/h200-tune.yaml --out $OUT/profile-bf16
     python3 gpu/profile_decode.py analyze TRACE.pt.trace.json.gz [--config-json M/config.json] > summary.json
 
 `run` starts `vllm serve` with the overlay's model and the ladder's own flags (ladder.vllmserver.serve_args,

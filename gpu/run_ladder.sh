@@ -5,7 +5,7 @@
 #   bash gpu/run_ladder.sh config/gpu/h200x4-tp2pp2.yaml [STAGE ...]
 #
 # STAGE: env probe ray single tune multinode report (default: all but tune, in order). Resumable: the
-# work directory (/tmp/ladder/<layout>), /tmp/venv, the model and the sandbox survive
+# work directory ($LADDER_SHARED/work/<layout>), $LADDER_SHARED/venv, the model and the sandbox survive
 # between calls on the same warm machine, so a second call runs what is left (Snakemake
 # skips stages whose verdicts exist). A stage starts only if its estimated duration fits
 # before DEADLINE_S (seconds after this script starts; default 540, for a 600 s call);
@@ -14,15 +14,16 @@
 #
 # Env knobs: DEADLINE_S, EXTRA_CONFIG (a second --configfile merged over OVERLAY), SB_NODES (sandbox nodes; default cluster.nodes of the overlay),
 # SB_CPUS (12), SB_MEM (120000 MB), LAYOUT (overlay file name), WORK, EST_<stage> (s).
+# LADDER_SHARED (/scratch/ladder; gpu/stage.sh exports it): where everything the sandbox nodes read
+# lives (venv, bundle, models, work dir, sandbox state), never /tmp: each node has a private /tmp.
+# The overlays' env.prefix and model.path name /scratch/ladder/...: change them with it.
 set -uo pipefail
 T0=$(date +%s)
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OVERLAY=$(realpath "${1:?usage: run_ladder.sh OVERLAY [STAGE...]}"); shift
 STAGES=("$@"); ((${#STAGES[@]})) || STAGES=(env probe ray single multinode report)
 LAYOUT=${LAYOUT:-$(basename "$OVERLAY" .yaml)}
-WORK=${WORK:-/tmp/ladder/$LAYOUT}
 DEADLINE_S=${DEADLINE_S:-540}
-VENV=/tmp/venv
 OUTDIR=${OUT:-/tmp/ladder/out}
 # Seen on nvidia-h200-x4 (TP=2/PP=2 overlay): env 44 s, probe 22 s, ray 75 s, single 298 s cold
 # (healthy after 171 s; 123 s with a warm compile cache), multinode 273 s.
@@ -36,7 +37,19 @@ left() { echo $((DEADLINE_S - ($(date +%s) - T0))); }
 # shellcheck disable=SC1091
 . /tmp/gpu-env.sh || { echo "no /tmp/gpu-env.sh: run gpu/stage.sh first" >&2; exit 2; }
 ladder_gpu_env
+SHARED=${LADDER_SHARED:-/scratch/ladder}
+WORK=${WORK:-$SHARED/work/$LAYOUT}
+VENV=$SHARED/venv
+for d in "$SHARED" "$WORK" "$REPO"; do
+  if [[ $(realpath -m "$d")/ == /tmp/* ]]; then
+    echo "$d is under /tmp, which every sandbox node has a private one of: use shared storage" >&2; exit 2
+  fi
+done
 mkdir -p "$WORK" "$OUTDIR"
+# Job steps re-read every --configfile on their node: the extra config goes where the nodes see it.
+if [[ -n ${EXTRA_CONFIG:-} ]]; then
+  cp "$EXTRA_CONFIG" "$WORK/extra-config.yaml" && EXTRA_CONFIG=$WORK/extra-config.yaml
+fi
 
 # ---------------------------------------------------------------- machine setup (idempotent)
 ladder_ensure_ip || exit 3
@@ -50,7 +63,7 @@ EOF
 )
 PYTHONPATH=$REPO/scripts "$VENV/bin/python" -m ladder.tinymodel --out "$MODEL" --shape "$SHAPE" || exit 3
 ladder_munge_dirs
-SB_STATE=/tmp/ladder/sandbox
+SB_STATE=$SHARED/sandbox
 PYTHONPATH=$REPO/scripts "$VENV/bin/python" -m ladder.sandbox --state "$SB_STATE" up --nodes "${SB_NODES:-$NODES}" \
   --real-gpus --no-accounting --cpus "${SB_CPUS:-12}" --mem-mb "${SB_MEM:-120000}" --timeout 90 || exit 4
 export SLURM_CONF=$SB_STATE/etc/slurm.conf

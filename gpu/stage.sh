@@ -7,21 +7,26 @@
 #
 # Env knobs:
 #   STAGE=/tmp/stage       where the parts, SHA256SUMS and NPARTS were copied
-#   DEST=/tmp              bundle root: creates $DEST/site and $DEST/debs
+#   LADDER_SHARED=/scratch/ladder
+#                          what the sandbox nodes must see (the bundle, run_ladder.sh's
+#                          venv, models, work dirs, sandbox state): not /tmp, which each
+#                          node has a private one of; exported in /tmp/gpu-env.sh
+#   DEST=$LADDER_SHARED    bundle root: creates $DEST/site and $DEST/debs
 #   DEBS=root|prefix|skip  root (default): packages whose files are absent are
 #                          added to / without overwriting anything (tar
 #                          --skip-old-files), a library package only if one of its
 #                          sonames is missing; prefix: only $SYSROOT, reached via
 #                          LD_LIBRARY_PATH/PATH in /tmp/gpu-env.sh (slurmd then
 #                          cannot find /usr/sbin/slurmstepd: use root for jobs)
-#   SYSROOT=/tmp/sysroot   where each .deb is unpacked first (pkgs/<name>/)
+#   SYSROOT=$DEST/sysroot  where each .deb is unpacked first (pkgs/<name>/)
 set -euo pipefail
 
 STAGE=${STAGE:-/tmp/stage}
-DEST=${DEST:-/tmp}
+SHARED=${LADDER_SHARED:-/scratch/ladder}
+DEST=${DEST:-$SHARED}
 DEBS=${DEBS:-root}
-SYSROOT=${SYSROOT:-/tmp/sysroot}
-ENVF=/tmp/gpu-env.sh
+SYSROOT=${SYSROOT:-$DEST/sysroot}
+ENVF=/tmp/gpu-env.sh  # sourced on the host only (run_ladder.sh): may stay in the host's /tmp
 t0=$(date +%s)
 say() { echo "[stage +$(($(date +%s) - t0))s] $*"; }
 
@@ -127,6 +132,7 @@ fi
 
 # ---------------------------------------------------------------- 4. env file
 {
+  echo "export LADDER_SHARED=$SHARED"
   echo "export PYTHONPATH=$DEST/site\${PYTHONPATH:+:\$PYTHONPATH}"
   echo "export PATH=$DEST/site/bin\${PATH:+:\$PATH}"
   echo "export VLLM_USE_FLASHINFER_SAMPLER=0"

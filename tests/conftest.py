@@ -5,6 +5,11 @@
 ``run_dag`` runs ``snakemake --profile profiles/sandbox`` in an isolated work directory
 with a config written from config/config.yaml with per-test overrides merged in (recursively).
 ``two_node_run`` (session) is the whole ladder on 2 nodes that the ladder and deploy tests share.
+
+tmp_path and tmp_path_factory live under <repo>/.cache/pytest (pytest's numbered pytest-of-<user>/pytest-N
+directories, so sessions side by side each get their own), not /tmp: the sandbox nodes each have a /tmp of
+their own, and a work directory there would be seen by none of them. A --basetemp (or
+PYTEST_DEBUG_TEMPROOT) under /tmp is refused for a session that runs sandbox or GPU tests.
 """
 
 from __future__ import annotations
@@ -34,6 +39,35 @@ SANDBOX_NODES = 3  # both 2- and 3-node stages fit
 API_KEY = "ladder-test-" + secrets.token_hex(12)
 TWO = {"cluster": {"nodes": 2}, "bench": {"soak_s": 30},
        "tune": {"rates": [8, 16], "extend_rates": 0, "num_prompts": 20, "warmup_prompts": 2}}
+
+
+SHARED_TEMPROOT = ROOT / ".cache" / "pytest"  # ignored by git (/.cache)
+NODE_PRIVATE = Path("/tmp")  # every sandbox node mounts its own over it (ladder.sandbox)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests' temporary directories on storage the sandbox nodes share, unless the user chose them."""
+    if config.option.basetemp is None and "PYTEST_DEBUG_TEMPROOT" not in os.environ:
+        SHARED_TEMPROOT.mkdir(parents=True, exist_ok=True)
+        # Read by pytest's TempPathFactory when the first tmp_path is made; numbered dirs, 3 kept.
+        os.environ["PYTEST_DEBUG_TEMPROOT"] = str(SHARED_TEMPROOT)
+
+
+def temp_root(config: pytest.Config) -> Path:
+    given = config.option.basetemp or os.environ.get("PYTEST_DEBUG_TEMPROOT") or "/tmp"
+    return Path(given).resolve()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail before any test runs when sandbox or GPU tests would make their work dirs in /tmp."""
+    root = temp_root(session.config)
+    if not root.is_relative_to(NODE_PRIVATE.resolve()):
+        return
+    if any({"sandbox", "gpu"} & {m.name for m in item.iter_markers()} for item in session.items):
+        raise pytest.UsageError(
+            f"temporary directories under {root}: each sandbox node has a private /tmp, so the nodes would not "
+            f"see the tests' work directories. Drop --basetemp (default: {SHARED_TEMPROOT}) or point it at "
+            "shared storage (outside /tmp).")
 
 
 def repo_config() -> dict[str, Any]:

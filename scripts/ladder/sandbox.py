@@ -2,8 +2,12 @@
 
 Each node is a network namespace (own IP on a private bridge, no default route, so
 all sandbox traffic stays on this machine), its own UTS namespace (own hostname) and
-its own mount namespace with a private /dev/shm, so Ray and vLLM behave as on
-separate hosts.  Every process we start is recorded by PID in ``state.json``;
+its own mount namespace with a private /dev/shm and a private /tmp (tmpfs each), so
+Ray and vLLM behave as on separate hosts, and a file one node leaves in /tmp is seen
+neither by the other nodes nor by the controller.  What must be shared (the state
+directory, work directories, the venv, models) lives elsewhere, as on a site's shared
+storage: ``up`` refuses a state directory under /tmp, which no node could read.
+Every process we start is recorded by PID in ``state.json``;
 ``down`` stops exactly those (and anything still running inside our namespaces),
 then removes the namespaces and the bridge.
 
@@ -68,6 +72,7 @@ class Spec:
     instance: int = 0
     subnet: str = ""  # management /24 (eth0, Slurm, default route), default 10.77.<instance>; bridge .1, node i .(10+i)
     shm_mb: int = 4096
+    tmp_mb: int = 4096  # each node's private /tmp (tmpfs, RAM-backed: a limit, not a reservation); Slurm's TmpDisk
     fabric: str = ""  # fast-fabric /24 (ib0), default 10.78.<instance>, numbered like the management one
     accounting: bool = True  # slurmdbd on a MariaDB of its own, associations, limits and QoS enforced
     node_cpus: dict[str, int] = field(default_factory=dict)  # unequal nodes: node -> CPUs (else `cpus`)
@@ -130,7 +135,8 @@ def pid_alive(pid: int | None, name: str | None = None) -> bool:
 
 def load_state(state_dir: Path) -> State | None:
     raw = read_json(state_dir / "state.json")
-    return State(spec=Spec(**raw["spec"]), pids=raw["pids"], started=raw["started"]) if raw else None
+    # A state from before the private /tmp (no tmp_mb) is another spec: `up` restarts it rather than reuse it.
+    return State(spec=Spec(**{"tmp_mb": 0, **raw["spec"]}), pids=raw["pids"], started=raw["started"]) if raw else None
 
 
 def save_state(state_dir: Path, state: State) -> None:
@@ -243,8 +249,8 @@ def write_configs(spec: Spec, state_dir: Path) -> Path:
         prolog.chmod(0o755)
         prolog_line = f"TaskProlog={prolog}\n"
     nodes = "\n".join(
-        f"NodeName={n} NodeAddr={spec.node_ip(i + 1)} CPUs={spec.cpus_of(n)} RealMemory={spec.mem_mb}{gres}"
-        " State=UNKNOWN"
+        f"NodeName={n} NodeAddr={spec.node_ip(i + 1)} CPUs={spec.cpus_of(n)} RealMemory={spec.mem_mb}"
+        f" TmpDisk={spec.tmp_mb}{gres} State=UNKNOWN"
         for i, n in enumerate(spec.node_names())
     )
     conf = f"""# written by ladder.sandbox; do not edit (re-run `up` with other options)
@@ -455,6 +461,11 @@ def sinfo_nodes(env: dict[str, str]) -> dict[str, str]:
     return dict(line.split() for line in p.stdout.splitlines() if line.strip())
 
 
+def under_tmp(path: Path) -> bool:
+    """Whether `path` lies in the host's /tmp, which the nodes do not see (each has its own)."""
+    return path.resolve().is_relative_to(Path("/tmp").resolve())
+
+
 def slurm_env(state_dir: Path) -> dict[str, str]:
     return dict(os.environ, SLURM_CONF=str(state_dir / "etc" / "slurm.conf"))
 
@@ -467,6 +478,9 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
         if len(nodes) == spec.nodes and all(s in ("idle", "mix", "alloc") for s in nodes.values()):
             print(f"sandbox already up: {len(old.spec.node_names())} nodes ({state_dir})")
             return old
+    if under_tmp(state_dir):
+        raise SandboxError(f"state directory {state_dir} is under /tmp, which every node has a private one of: "
+                           "slurmd could not read its config or spool there (use --state elsewhere)")
     if old or our_namespaces(spec.instance):
         down(state_dir, spec.instance, quiet=True)
     system.ensure("sandbox", *(["accounting"] if spec.accounting else []))
@@ -502,12 +516,13 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
     (names / "resolv.conf").write_text("# sandbox node: names come from /etc/hosts only\n")
     for node in spec.node_names():
         (state_dir / "spool" / node).mkdir(parents=True, exist_ok=True)
-        # Inside the node's own mount namespace: a private /dev/shm (separate hosts do not
-        # share one) and our config at Slurm's default path, because the Snakemake
-        # jobstep plugin strips SLURM_CONF before its nested srun.
+        # Inside the node's own mount namespace: a private /dev/shm and /tmp (separate hosts do
+        # not share them; sticky and world-writable as a host's) and our config at Slurm's default
+        # path, because the Snakemake jobstep plugin strips SLURM_CONF before its nested srun.
         cores = spec.cpu_ids(node)
         confine = f"taskset -c {','.join(map(str, cores))} " if len(cores) < (os.cpu_count() or 1) else ""
         inner = (f"hostname {node} && mount -t tmpfs -o size={spec.shm_mb}m,mode=1777 ladder-shm /dev/shm"
+                 f" && mount -t tmpfs -o size={spec.tmp_mb}m,mode=1777 ladder-tmp /tmp"
                  f" && mount --bind {conf.parent} /etc/slurm && mount --bind {names}/hosts /etc/hosts"
                  f" && mount --bind {names}/resolv.conf /etc/resolv.conf && exec {confine}slurmd -D -N {node}")
         cmd = ["nsenter", f"--net=/run/netns/{ns_prefix(spec.instance)}{node}", "unshare", "--uts", "--mount",
@@ -601,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--node-cpus", action="append", default=[], metavar="NODE=N",
                    help="a node with N CPUs instead (unequal nodes), confined to the host's last N cores")
     u.add_argument("--mem-mb", type=int, default=8000, help="memory each node offers to Slurm (MB)")
+    u.add_argument("--tmp-mb", type=int, default=Spec.tmp_mb, help="size of each node's private /tmp (MB)")
     gpus = u.add_mutually_exclusive_group()
     gpus.add_argument("--fake-gpus", type=int, default=0, help="fake GPU gres per node (scheduling tests)")
     gpus.add_argument("--real-gpus", action="store_true", help="split this machine's /dev/nvidiaN over the nodes")
@@ -621,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown := set(node_cpus) - set(Spec(nodes=a.nodes).node_names()):
             ap.error(f"--node-cpus: no node {sorted(unknown)} among n1..n{a.nodes}")
         spec = Spec(nodes=a.nodes, cpus=a.cpus, mem_mb=a.mem_mb, fake_gpus=a.fake_gpus, real_gpus=a.real_gpus,
-                    subnet=a.subnet, instance=a.instance, accounting=a.accounting, node_cpus=node_cpus)
+                    subnet=a.subnet, instance=a.instance, accounting=a.accounting, node_cpus=node_cpus,
+                    tmp_mb=a.tmp_mb)
         try:
             up(spec, a.state, a.timeout)
         except SandboxError as err:

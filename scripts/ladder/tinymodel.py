@@ -8,7 +8,7 @@ llama, mistral (sliding window shorter than the context, so the windowed attenti
 runs) and falcon (new decoder architecture: grouped KV heads, parallel attention + MLP).
 
     python -m ladder.tinymodel --out .cache/models/tiny [--seed 0] [--layers 4] [--architecture llama]
-    python -m ladder.tinymodel --out /tmp/models/llama3-8b --shape llama3-8b
+    python -m ladder.tinymodel --out /scratch/ladder/models/llama3-8b --shape llama3-8b
 
 ``--shape`` writes a real architecture's config.json and the locally trained tokenizer,
 and no weights: vLLM serves it with ``--load-format dummy`` (random weights in that

@@ -39,7 +39,8 @@ def test_cuda_lock_is_the_bundle_plus_the_image_torch():
 @pytest.mark.parametrize(("overlay", "tp", "pp"), [("h200x4-tp2pp2.yaml", 2, 2), ("h200x2-pp2.yaml", 1, 2)])
 def test_gpu_overlays_plan(overlay, tp, pp):
     cfg = yaml.safe_load((ROOT / "config" / "gpu" / overlay).read_text())
-    assert cfg["env"] == {"flavor": "cuda", "prefix": "/tmp/venv", "build": False}
+    # On the storage every sandbox node sees (gpu/run_ladder.sh builds it there), not the nodes' private /tmp.
+    assert cfg["env"] == {"flavor": "cuda", "prefix": "/scratch/ladder/venv", "build": False}
     assert cfg["model"]["load_format"] == "dummy" and cfg["model"]["dtype"] == "bfloat16"
     shape = {k: SHAPES["llama3-8b"][k] for k in ("num_attention_heads", "num_key_value_heads", "num_hidden_layers")}
     plan = make_plan(cfg.get("parallel", {"tensor_parallel_size": "auto", "pipeline_parallel_size": "auto"}),

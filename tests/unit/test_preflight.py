@@ -263,3 +263,12 @@ def test_account_and_qos_checked_against_slurms_associations(cluster, expected):
 ])
 def test_deploy_replicas_within_bounds_whatever_the_partition(basedir, deploy, expected):
     assert preflight.problems(cfg(deploy=deploy), basedir, NODES) == expected
+
+
+def test_paths_the_nodes_read_are_refused_under_tmp():
+    """Each node has its own /tmp (a site's, the sandbox's): a prefix or model there is the controller's alone."""
+    found = preflight.node_local_problems(cfg(env={"prefix": "/tmp/venv"}, model={"path": "/tmp/models/m"}),
+                                          Path("/tmp/work"))
+    assert [f.split(":")[0] for f in found] == ["env.prefix", "model.path", "work directory"]
+    assert all("under /tmp, which each node has its own of" in f for f in found)
+    assert preflight.node_local_problems(cfg(), ROOT) == []

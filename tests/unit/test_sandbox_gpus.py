@@ -56,7 +56,7 @@ def test_fake_gpus_are_numbered_across_the_machine(tmp_path: Path) -> None:
 
 def test_fake_gpus_are_typed_gres(tmp_path: Path) -> None:
     conf = write_configs(Spec(nodes=2, fake_gpus=2, instance=9), tmp_path).read_text()
-    assert "NodeName=n1 NodeAddr=10.77.9.11 CPUs=2 RealMemory=8000 Gres=gpu:sim:2" in conf
+    assert "NodeName=n1 NodeAddr=10.77.9.11 CPUs=2 RealMemory=8000 TmpDisk=4096 Gres=gpu:sim:2" in conf
     gres = (tmp_path / "etc" / "gres.conf").read_text().splitlines()
     assert f"NodeName=n2 Name=gpu Type=sim File={tmp_path}/dev/n2/nvidia3" in gres
 
@@ -70,3 +70,18 @@ def test_unequal_nodes_declare_and_get_fewer_cores(tmp_path: Path) -> None:
     host = os.cpu_count() or 1
     assert spec.cpu_ids("n2") == [host - 1]  # confined (taskset) to the host's last core
     assert spec.cpu_ids("n1") == list(range(max(host - 2, 0), host))
+
+
+def test_a_state_from_before_the_private_tmp_is_not_reused(tmp_path: Path) -> None:
+    """`up` reuses a running sandbox only if its spec is the same: one whose nodes share the host's /tmp is not."""
+    import json
+    from dataclasses import asdict
+
+    from ladder.sandbox import load_state
+
+    old = asdict(Spec(instance=9))
+    del old["tmp_mb"]
+    (tmp_path / "state.json").write_text(json.dumps({"spec": old, "pids": {}, "started": 0}))
+    assert load_state(tmp_path).spec != Spec(instance=9)
+    (tmp_path / "state.json").write_text(json.dumps({"spec": asdict(Spec(instance=9)), "pids": {}, "started": 0}))
+    assert load_state(tmp_path).spec == Spec(instance=9)
