@@ -160,14 +160,16 @@ def port_problems(ray: dict[str, Any], ephemeral: tuple[int, int] | None) -> lis
 NODE_LOCAL = Path("/tmp")  # each node has its own (a site's nodes, and every sandbox node: ladder.sandbox)
 
 
-def node_local_problems(config: dict[str, Any], workdir: Path) -> list[str]:
+def node_local_problems(config: dict[str, Any], workdir: Path, repo: Path) -> list[str]:
     """Paths every node must read (the env prefix, the model, the work directory) that lie in /tmp: the
-    controller sees them, the nodes do not."""
+    controller sees them, the nodes do not. The repository is on shared storage wherever it is (README
+    "Your site"; the sandbox keeps a checkout under /tmp visible on its nodes), and so is what it holds."""
     paths = [("env.prefix", config["env"]["prefix"]), ("model.path", config["model"].get("path")),
              ("work directory", str(workdir))]
     return [f"{key}: {value} is under {NODE_LOCAL}, which each node has its own of: use shared storage"
             for key, value in paths if value and Path(value).is_absolute()
-            and Path(value).resolve().is_relative_to(NODE_LOCAL.resolve())]
+            and Path(value).resolve().is_relative_to(NODE_LOCAL.resolve())
+            and not Path(value).resolve().is_relative_to(repo.resolve())]
 
 
 def problems(config: dict[str, Any], basedir: Path, partition: dict[str, int] | None = None,
@@ -175,7 +177,7 @@ def problems(config: dict[str, Any], basedir: Path, partition: dict[str, int] | 
     """Everything wrong with the config, each naming its key; `partition`: GPUs per node of the
     partition (partition_gpus), `accounting`: Slurm's associations (slurm_accounting); None when unknown."""
     out = accounting_problems(config, accounting) if accounting else []
-    out += node_local_problems(config, Path.cwd())
+    out += node_local_problems(config, Path.cwd(), basedir)
     model = config["model"]
     if model["name"] != "tiny" or model.get("path"):
         if not model.get("path"):

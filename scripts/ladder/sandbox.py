@@ -478,7 +478,7 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
         if len(nodes) == spec.nodes and all(s in ("idle", "mix", "alloc") for s in nodes.values()):
             print(f"sandbox already up: {len(old.spec.node_names())} nodes ({state_dir})")
             return old
-    if under_tmp(state_dir):
+    if under_tmp(state_dir) and not state_dir.resolve().is_relative_to(ROOT.resolve()):
         raise SandboxError(f"state directory {state_dir} is under /tmp, which every node has a private one of: "
                            "slurmd could not read its config or spool there (use --state elsewhere)")
     if old or our_namespaces(spec.instance):
@@ -521,8 +521,15 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
         # path, because the Snakemake jobstep plugin strips SLURM_CONF before its nested srun.
         cores = spec.cpu_ids(node)
         confine = f"taskset -c {','.join(map(str, cores))} " if len(cores) < (os.cpu_count() or 1) else ""
-        inner = (f"hostname {node} && mount -t tmpfs -o size={spec.shm_mb}m,mode=1777 ladder-shm /dev/shm"
-                 f" && mount -t tmpfs -o size={spec.tmp_mb}m,mode=1777 ladder-tmp /tmp"
+        # A checkout under the host's /tmp (some CI runners) stays visible at its path: it is the
+        # storage every node shares, so it is bound aside before the private /tmp and moved back.
+        hold = Path(f"/run/{ns_prefix(spec.instance)}{node}-repo")
+        if under_tmp(ROOT):
+            hold.mkdir(parents=True, exist_ok=True)
+        keep = (f" && mount --bind {ROOT} {hold}", f" && mkdir -p {ROOT} && mount --move {hold} {ROOT}") \
+            if under_tmp(ROOT) else ("", "")
+        inner = (f"hostname {node} && mount -t tmpfs -o size={spec.shm_mb}m,mode=1777 ladder-shm /dev/shm{keep[0]}"
+                 f" && mount -t tmpfs -o size={spec.tmp_mb}m,mode=1777 ladder-tmp /tmp{keep[1]}"
                  f" && mount --bind {conf.parent} /etc/slurm && mount --bind {names}/hosts /etc/hosts"
                  f" && mount --bind {names}/resolv.conf /etc/resolv.conf && exec {confine}slurmd -D -N {node}")
         cmd = ["nsenter", f"--net=/run/netns/{ns_prefix(spec.instance)}{node}", "unshare", "--uts", "--mount",

@@ -268,7 +268,10 @@ def test_deploy_replicas_within_bounds_whatever_the_partition(basedir, deploy, e
 def test_paths_the_nodes_read_are_refused_under_tmp():
     """Each node has its own /tmp (a site's, the sandbox's): a prefix or model there is the controller's alone."""
     found = preflight.node_local_problems(cfg(env={"prefix": "/tmp/venv"}, model={"path": "/tmp/models/m"}),
-                                          Path("/tmp/work"))
+                                          Path("/tmp/work"), ROOT)
     assert [f.split(":")[0] for f in found] == ["env.prefix", "model.path", "work directory"]
     assert all("under /tmp, which each node has its own of" in f for f in found)
-    assert preflight.node_local_problems(cfg(), ROOT) == []
+    assert preflight.node_local_problems(cfg(), ROOT, ROOT) == []
+    # A checkout under /tmp is the shared storage itself: what lies in it is seen by every node.
+    assert preflight.node_local_problems(cfg(env={"prefix": "/tmp/ci/repo/.venv"}), Path("/tmp/ci/repo/.cache/w"),
+                                         Path("/tmp/ci/repo")) == []
