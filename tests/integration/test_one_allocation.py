@@ -2,7 +2,7 @@
 stage still writes its verdict, gates the next and is cached.
 
 One module fixture: env -> probe -> ray in one job with probe failing (cluster.network names a network
-no node has), then the fixed config, then the same again.
+no node has), the same config again, then the fixed config, then that again.
 """
 
 from __future__ import annotations
@@ -35,10 +35,12 @@ def runs(sandbox, tmp_path_factory) -> dict[str, Any]:
     wd = tmp_path_factory.mktemp("one-allocation")
     bad = run_snakemake(sandbox, TARGET, workdir=wd, overrides=NO_NIC, timeout=300)
     after_bad = verdicts(bad.results)
+    bad_again = run_snakemake(sandbox, TARGET, workdir=wd, overrides=NO_NIC, timeout=300)
     good = run_snakemake(sandbox, TARGET, workdir=wd, overrides=ONE, timeout=300)
     after_good = verdicts(good.results)
     again = run_snakemake(sandbox, TARGET, workdir=wd, overrides=ONE, timeout=120)
-    return {"bad": bad, "after_bad": after_bad, "good": good, "after_good": after_good, "again": again}
+    return {"bad": bad, "after_bad": after_bad, "bad_again": bad_again, "good": good, "after_good": after_good,
+            "again": again}
 
 
 def test_failed_stage_keeps_the_validated_stages_of_its_allocation(runs):
@@ -50,6 +52,13 @@ def test_failed_stage_keeps_the_validated_stages_of_its_allocation(runs):
     assert isinstance(v["env"], dict) and v["env"]["status"] == "pass", v
     assert v["probe"] == "verdict.failed.json: fail", v
     assert v["ray"] is None, v  # gated: never ran
+
+
+def test_failed_stage_runs_again_with_the_same_config(runs):
+    # Nothing changed, yet the failed stage is not taken as done: one job for it and the stage after it.
+    again = runs["bad_again"]
+    assert again.returncode != 0 and list(again.submitted()) == ["stages_probe_ray"], again.stdout[-3000:]
+    assert "verdict: fail" in (again.results / "logs" / "probe" / "probe.log").read_text()
 
 
 def test_rerun_after_the_fix_is_one_job_of_only_the_stages_left(runs):
