@@ -245,7 +245,8 @@ class Controller:
     def __init__(self, paths: Paths, cfg: dict[str, Any]) -> None:
         self.paths, self.cfg, self.d = paths, cfg, cfg["deploy"]
         self.state: dict[str, Any] = read_json(paths.state)
-        self.busy_since: float | None = None
+        self.busy_since: float | None = None  # first sample of the queue the scaler is watching
+        self.queue: list[tuple[float, float]] = []  # (time, requests waiting per replica) of the last scale_up_after_s
         self.idle_since = time.monotonic()
         self.running = True
         self.event = functools.partial(append_event, paths)  # event(kind, **fields): events.jsonl and stdout
@@ -351,19 +352,28 @@ class Controller:
             self.state["target"] = request["replicas"]
             self.event("scale_requested", replicas=request["replicas"], was=target, reason="ladder.deploy scale")
             return
+        serving = sum(r["state"] == "serving" for r in self.replicas.values())
+        self.state["load"] = {"sampled": len(loads), "serving": serving}  # a replica's /metrics may not answer
         if not loads:
             return
         waiting = sum(m["num_requests_waiting"] for m in loads) / len(loads)
         busy = sum(m["num_requests_running"] + m["num_requests_waiting"] for m in loads)
-        self.busy_since = (self.busy_since or t) if waiting >= self.d["scale_up_waiting"] else None
+        # The queue's mean over the window, not every sample: the gauge dips each time a request ends
+        # and its client has not sent the next one yet.
+        after = self.d["scale_up_after_s"]
+        self.queue = [(ts, w) for ts, w in self.queue if t - ts < after] + [(t, waiting)]
+        mean = sum(w for _, w in self.queue) / len(self.queue)
+        self.busy_since = (self.busy_since or t) if mean >= self.d["scale_up_waiting"] else None
+        self.state["load"] |= {"waiting_per_replica": round(waiting, 2), "window_mean": round(mean, 2)}
         self.idle_since = self.idle_since if busy == 0 else t
         starting = any(r["state"] == "submitted" for r in self.replicas.values())
-        if (self.busy_since and t - self.busy_since >= self.d["scale_up_after_s"] and target < self.d["max_replicas"]
+        if (self.busy_since and t - self.busy_since >= after and target < self.d["max_replicas"]
                 and not starting):  # one at a time: a replica still starting (or pending) counts as added
             self.state["target"] = target + 1
-            self.event("scale_up", replicas=target + 1, reason=f"{waiting:.1f} requests waiting per replica "
-                       f">= {self.d['scale_up_waiting']} for {t - self.busy_since:.0f} s")
-            self.busy_since = None
+            self.event("scale_up", replicas=target + 1, reason=f"{mean:.1f} requests waiting per replica "
+                       f"(mean of {len(self.queue)} samples) >= {self.d['scale_up_waiting']} for "
+                       f"{t - self.busy_since:.0f} s")
+            self.busy_since, self.queue = None, []
         elif t - self.idle_since >= self.d["scale_down_idle_s"] and target > self.d["min_replicas"]:
             self.state["target"] = target - 1
             self.event("scale_down", replicas=target - 1, reason=f"no request for {t - self.idle_since:.0f} s")

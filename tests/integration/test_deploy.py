@@ -57,7 +57,8 @@ def wait_for(what: str, pred, timeout: float, workdir: Path):
         if out := pred():
             return out
         time.sleep(0.5)
-    pytest.fail(f"{what} not within {timeout:.0f} s; events: {events(workdir)[-6:]}")
+    load = state(workdir).get("load") if (workdir / "results" / "deploy" / "state.json").exists() else None
+    pytest.fail(f"{what} not within {timeout:.0f} s; events: {events(workdir)[-6:]}; the scaler's last sample: {load}")
 
 
 class Load:
