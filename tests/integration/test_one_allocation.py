@@ -36,11 +36,12 @@ def runs(sandbox, tmp_path_factory) -> dict[str, Any]:
     bad = run_snakemake(sandbox, TARGET, workdir=wd, overrides=NO_NIC, timeout=300)
     after_bad = verdicts(bad.results)
     bad_again = run_snakemake(sandbox, TARGET, workdir=wd, overrides=NO_NIC, timeout=300)
+    probe_log = (wd / "results" / "logs" / "probe" / "probe.log").read_text()  # the next runs overwrite it
     good = run_snakemake(sandbox, TARGET, workdir=wd, overrides=ONE, timeout=300)
     after_good = verdicts(good.results)
     again = run_snakemake(sandbox, TARGET, workdir=wd, overrides=ONE, timeout=120)
-    return {"bad": bad, "after_bad": after_bad, "bad_again": bad_again, "good": good, "after_good": after_good,
-            "again": again}
+    return {"bad": bad, "after_bad": after_bad, "bad_again": bad_again, "probe_log": probe_log, "good": good,
+            "after_good": after_good, "again": again}
 
 
 def test_failed_stage_keeps_the_validated_stages_of_its_allocation(runs):
@@ -58,7 +59,7 @@ def test_failed_stage_runs_again_with_the_same_config(runs):
     # Nothing changed, yet the failed stage is not taken as done: one job for it and the stage after it.
     again = runs["bad_again"]
     assert again.returncode != 0 and list(again.submitted()) == ["stages_probe_ray"], again.stdout[-3000:]
-    assert "verdict: fail" in (again.results / "logs" / "probe" / "probe.log").read_text()
+    assert "verdict: fail" in runs["probe_log"], runs["probe_log"]
 
 
 def test_rerun_after_the_fix_is_one_job_of_only_the_stages_left(runs):
