@@ -28,9 +28,10 @@ from ladder.vllmserver import resolve_model
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.slow]
 # One replica to start, two at most; a replica runs at most 2 sequences at once, so 8 concurrent
-# clients leave requests waiting and the scaler adds one after 2 s of that.
+# clients leave requests waiting and the scaler adds one after 6 s of that (the mean of about 3 samples,
+# one per poll_s of 2 s).
 DEPLOY = {"deploy": {"replicas": 1, "min_replicas": 1, "max_replicas": 2, "extra_args": ["--max-num-seqs=2"],
-                     "scale_up_waiting": 2, "scale_up_after_s": 2, "scale_down_idle_s": 3600, "drain_s": 5}}
+                     "scale_up_waiting": 2, "scale_up_after_s": 6, "scale_down_idle_s": 3600, "drain_s": 5}}
 
 
 def deploy_cli(workdir: Path, sandbox, *args: str) -> subprocess.CompletedProcess[str]:
