@@ -586,6 +586,9 @@ def down(state_dir: Path, instance: int = 0, quiet: bool = False) -> None:
     ours += [p for p in pids_in_namespaces(instance) if p not in ours]
     stop_pids(ours)
     net_down(instance)
+    for hold in Path("/run").glob(f"{ns_prefix(instance)}*-repo"):  # up's mount points for a checkout in /tmp
+        with contextlib.suppress(OSError):
+            hold.rmdir()
     if state:
         (state_dir / "state.json").unlink(missing_ok=True)
     if not quiet:
