@@ -215,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, SLURM_CONF=str(conf), PATH=f"{BIN}:{os.environ.get('PATH', '')}")
     ctld_log = state_dir / "log" / "slurmctld.log"
     cfgs = {v: bench_config(a.nodes, one_allocation=v == "one_allocation") for v in VARIANTS}
-    variants = {"default": DEFAULTS, "tuned": tuned_settings(), "one_allocation": tuned_settings()}
+    tuned = tuned_settings()
+    variants = {"default": DEFAULTS, "tuned": tuned, "one_allocation": tuned}
     runs = []
     for i in range(a.repeat):
         for name, settings in variants.items():

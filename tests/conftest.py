@@ -31,6 +31,8 @@ import pytest
 import yaml
 from snakemake.utils import update_config
 
+from ladder.preflight import node_local
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SANDBOX_NODES = 3  # both 2- and 3-node stages fit
@@ -42,7 +44,6 @@ TWO = {"cluster": {"nodes": 2}, "bench": {"soak_s": 30},
 
 
 SHARED_TEMPROOT = ROOT / ".cache" / "pytest"  # ignored by git (/.cache)
-NODE_PRIVATE = Path("/tmp")  # every sandbox node mounts its own over it (ladder.sandbox)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -61,8 +62,7 @@ def temp_root(config: pytest.Config) -> Path:
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Fail before any test runs when sandbox or GPU tests would make their work dirs in /tmp."""
     root = temp_root(session.config)
-    # The checkout itself is shared storage, wherever it is (the sandbox keeps it visible on its nodes).
-    if not root.is_relative_to(NODE_PRIVATE.resolve()) or root.is_relative_to(ROOT.resolve()):
+    if not node_local(root, ROOT):  # the checkout is shared storage, wherever it is
         return
     if any({"sandbox", "gpu"} & {m.name for m in item.iter_markers()} for item in session.items):
         raise pytest.UsageError(

@@ -343,7 +343,8 @@ class Controller:
                     self.take_out(job, "lost", f"/health failed {r['failures']} times in a row")
 
     def scale(self, loads: list[dict[str, float]]) -> None:
-        """Scaler: queue depth above deploy.scale_up_waiting per replica for scale_up_after_s adds one;
+        """Scaler: a queue of deploy.scale_up_waiting per replica or more (the mean of the samples over
+        scale_up_after_s) for scale_up_after_s adds one;
         no request at all for scale_down_idle_s removes one; always within [min_replicas, max_replicas]."""
         t, target = time.monotonic(), self.state["target"]
         request = read_json(self.paths.request)

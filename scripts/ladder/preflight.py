@@ -160,16 +160,21 @@ def port_problems(ray: dict[str, Any], ephemeral: tuple[int, int] | None) -> lis
 NODE_LOCAL = Path("/tmp")  # each node has its own (a site's nodes, and every sandbox node: ladder.sandbox)
 
 
+def node_local(path: Path | str, repo: Path | None = None) -> bool:
+    """Whether `path` lies in /tmp, which the nodes do not share with the controller. The repository, when
+    given, is on shared storage wherever it is (README "Your site"; the sandbox keeps a checkout under /tmp
+    visible on its nodes), and so is what it holds."""
+    p = Path(path).resolve()
+    return p.is_relative_to(NODE_LOCAL.resolve()) and not (repo and p.is_relative_to(repo.resolve()))
+
+
 def node_local_problems(config: dict[str, Any], workdir: Path, repo: Path) -> list[str]:
     """Paths every node must read (the env prefix, the model, the work directory) that lie in /tmp: the
-    controller sees them, the nodes do not. The repository is on shared storage wherever it is (README
-    "Your site"; the sandbox keeps a checkout under /tmp visible on its nodes), and so is what it holds."""
+    controller sees them, the nodes do not."""
     paths = [("env.prefix", config["env"]["prefix"]), ("model.path", config["model"].get("path")),
              ("work directory", str(workdir))]
     return [f"{key}: {value} is under {NODE_LOCAL}, which each node has its own of: use shared storage"
-            for key, value in paths if value and Path(value).is_absolute()
-            and Path(value).resolve().is_relative_to(NODE_LOCAL.resolve())
-            and not Path(value).resolve().is_relative_to(repo.resolve())]
+            for key, value in paths if value and Path(value).is_absolute() and node_local(value, repo)]
 
 
 def problems(config: dict[str, Any], basedir: Path, partition: dict[str, int] | None = None,

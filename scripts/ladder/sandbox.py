@@ -36,6 +36,7 @@ import psutil
 from ladder import system
 from ladder.logs import tail
 from ladder.poll import poll
+from ladder.preflight import node_local
 from ladder.verdict import read_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -461,11 +462,6 @@ def sinfo_nodes(env: dict[str, str]) -> dict[str, str]:
     return dict(line.split() for line in p.stdout.splitlines() if line.strip())
 
 
-def under_tmp(path: Path) -> bool:
-    """Whether `path` lies in the host's /tmp, which the nodes do not see (each has its own)."""
-    return path.resolve().is_relative_to(Path("/tmp").resolve())
-
-
 def slurm_env(state_dir: Path) -> dict[str, str]:
     return dict(os.environ, SLURM_CONF=str(state_dir / "etc" / "slurm.conf"))
 
@@ -478,7 +474,7 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
         if len(nodes) == spec.nodes and all(s in ("idle", "mix", "alloc") for s in nodes.values()):
             print(f"sandbox already up: {len(old.spec.node_names())} nodes ({state_dir})")
             return old
-    if under_tmp(state_dir) and not state_dir.resolve().is_relative_to(ROOT.resolve()):
+    if node_local(state_dir, ROOT):
         raise SandboxError(f"state directory {state_dir} is under /tmp, which every node has a private one of: "
                            "slurmd could not read its config or spool there (use --state elsewhere)")
     if old or our_namespaces(spec.instance):
@@ -514,6 +510,9 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
     (names / "hosts").write_text("127.0.0.1 localhost\n::1 localhost\n" + "".join(
         f"{spec.node_ip(i)} {node}\n" for i, node in enumerate(spec.node_names(), start=1)))
     (names / "resolv.conf").write_text("# sandbox node: names come from /etc/hosts only\n")
+    # A checkout under the host's /tmp (some CI runners) stays visible at its path: it is the storage
+    # every node shares, so each node binds it aside before its private /tmp and moves it back.
+    repo_in_tmp = node_local(ROOT)
     for node in spec.node_names():
         (state_dir / "spool" / node).mkdir(parents=True, exist_ok=True)
         # Inside the node's own mount namespace: a private /dev/shm and /tmp (separate hosts do
@@ -521,13 +520,11 @@ def up(spec: Spec, state_dir: Path, timeout: float = 60) -> State:
         # path, because the Snakemake jobstep plugin strips SLURM_CONF before its nested srun.
         cores = spec.cpu_ids(node)
         confine = f"taskset -c {','.join(map(str, cores))} " if len(cores) < (os.cpu_count() or 1) else ""
-        # A checkout under the host's /tmp (some CI runners) stays visible at its path: it is the
-        # storage every node shares, so it is bound aside before the private /tmp and moved back.
-        hold = Path(f"/run/{ns_prefix(spec.instance)}{node}-repo")
-        if under_tmp(ROOT):
+        keep = ("", "")
+        if repo_in_tmp:
+            hold = Path(f"/run/{ns_prefix(spec.instance)}{node}-repo")
             hold.mkdir(parents=True, exist_ok=True)
-        keep = (f" && mount --bind {ROOT} {hold}", f" && mkdir -p {ROOT} && mount --move {hold} {ROOT}") \
-            if under_tmp(ROOT) else ("", "")
+            keep = (f" && mount --bind {ROOT} {hold}", f" && mkdir -p {ROOT} && mount --move {hold} {ROOT}")
         inner = (f"hostname {node} && mount -t tmpfs -o size={spec.shm_mb}m,mode=1777 ladder-shm /dev/shm{keep[0]}"
                  f" && mount -t tmpfs -o size={spec.tmp_mb}m,mode=1777 ladder-tmp /tmp{keep[1]}"
                  f" && mount --bind {conf.parent} /etc/slurm && mount --bind {names}/hosts /etc/hosts"
