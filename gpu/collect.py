@@ -5,6 +5,7 @@
     python3 gpu/collect.py pack RESULTS OUT.tgz [--max-mib 15]
     python3 gpu/collect.py phases RUN                     # RUN/phases.json from its vLLM logs (ladder.logs)
     python3 gpu/collect.py withdraw VERDICT CHECK WHY     # a figure found wrong after the run, marked in place
+    python3 gpu/collect.py compare RUN BASE               # RUN/vs-<BASE>.json: single's RUN / BASE ratios
 
 `pack` keeps verdicts, measurements (bench/e2e/scaling/roofline/nodes/versions JSON, raw
 `vllm bench` JSON, monitor CSV), the report (HTML, PNG) and the last 200 KB of every log;
@@ -181,7 +182,43 @@ def withdraw(path: Path, check: str, why: str) -> int:
     return 0
 
 
+def compare(run: Path, base: Path) -> int:
+    """Single stage of two runs with the same bench settings (e.g. FP8 and bf16 in one lease): RUN / BASE
+    per closed-loop level, and the memory each loaded, into RUN/vs-<BASE>.json."""
+    a, b = (_load(r / "single" / "bench.json") for r in (run, base))
+    va, vb = (_load(r / "single" / "verdict.json") or _load(r / "single" / "verdict.failed.json") for r in (run, base))
+    if not (a and b and va and vb):
+        print(f"no single/bench.json and verdict in {run} and {base}", file=sys.stderr)
+        return 1
+    if a["metadata"]["bench_settings"] != b["metadata"]["bench_settings"]:
+        print("the two runs used different bench settings: no ratio", file=sys.stderr)
+        return 1
+    out: dict[str, Any] = {"command": f"python3 gpu/collect.py compare {run} {base}", "run": str(run),
+                           "base": str(base), "levels": {}}
+    for level in sorted(set(a["results"]) & set(b["results"])):
+        ra, rb = a["results"][level], b["results"][level]
+        out["levels"][level] = {
+            "output_throughput": round(ra["output_throughput"] / rb["output_throughput"], 4),
+            "tpot_median": round(ra["tpot_ms"]["median"] / rb["tpot_ms"]["median"], 4),
+            "ttft_median": round(ra["ttft_ms"]["median"] / rb["ttft_ms"]["median"], 4)}
+    ma, mb = va["metrics"], vb["metrics"]
+    out["memory"] = {k: {"run": ma[k], "base": mb[k], "ratio": round(ma[k] / mb[k], 4)}
+                     for k in ("weights_gib_per_gpu", "kv_cache_gib_per_gpu", "kv_cache_tokens")
+                     if ma.get(k) and mb.get(k)}
+    if "weights_gib_per_gpu" in out["memory"]:
+        out["memory"]["weights_saved_gib"] = round(mb["weights_gib_per_gpu"] - ma["weights_gib_per_gpu"], 2)
+    if ma.get("roofline_ratio") and mb.get("roofline_ratio"):
+        out["single_stream_tok_s"] = {"run": ma.get("single_stream_tok_s"), "base": mb.get("single_stream_tok_s"),
+                                      "ratio": round(ma["single_stream_tok_s"] / mb["single_stream_tok_s"], 4)}
+        out["roofline_ratio"] = {"run": ma["roofline_ratio"], "base": mb["roofline_ratio"]}
+    (run / f"vs-{base.name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "compare":
+        return compare(Path(argv[1]), Path(argv[2]))
     if len(argv) == 4 and argv[0] == "withdraw":
         return withdraw(Path(argv[1]), argv[2], argv[3])
     if len(argv) >= 2 and argv[0] == "phases":
