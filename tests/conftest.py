@@ -37,9 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SANDBOX_NODES = 3  # both 2- and 3-node stages fit
 # The session's ladder run (two_node_run): its key, and 2 nodes with the default bench (closed and
-# open loop, 3 repetitions), the tune stage (a small search: 2 rates, 20 requests a run), a 30 s soak.
+# open loop, 3 repetitions) with prompts longer than two of vLLM's 128-token CPU cache blocks (so a prompt
+# sent again would be a prefix-cache hit, which single's `bench_prompts_prefilled` checks), the tune stage (a
+# small search: 2 rates, 20 requests a run), a 30 s soak.
 API_KEY = "ladder-test-" + secrets.token_hex(12)
-TWO = {"cluster": {"nodes": 2}, "bench": {"soak_s": 30},
+TWO = {"cluster": {"nodes": 2}, "bench": {"soak_s": 30, "input_len": 272},
        "tune": {"rates": [8, 16], "extend_rates": 0, "num_prompts": 20, "warmup_prompts": 2}}
 
 

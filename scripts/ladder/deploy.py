@@ -22,7 +22,6 @@ import contextlib
 import functools
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -42,7 +41,17 @@ from ladder.raycluster import ClusterError, RayCluster
 from ladder.raynode import clean_shm
 from ladder.sandbox import pid_alive, spawn, stop_pids
 from ladder.verdict import now, read_json, write_json
-from ladder.vllmserver import Server, ServerError, api_key, attempt, cpu_env, healthy, resolve_model, serve_args
+from ladder.vllmserver import (
+    Server,
+    ServerError,
+    api_key,
+    attempt,
+    cpu_env,
+    healthy,
+    prometheus,
+    resolve_model,
+    serve_args,
+)
 
 JOB_NAME = "ladder-replica"
 LIVE_JOB = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING")
@@ -80,17 +89,8 @@ def free_port(host: str) -> int:
 
 def metrics(url: str) -> dict[str, float] | None:
     """The queue figures of one vLLM server's /metrics (None when it does not answer)."""
-    try:
-        r = httpx2.get(f"{url}/metrics", timeout=3)
-    except httpx2.TransportError:
-        return None
-    if r.status_code != 200:
-        return None
-    out = dict.fromkeys(METRICS, 0.0)
-    for line in r.text.splitlines():
-        if (m := re.match(r"(vllm:[a-z_]+)(?:\{[^}]*\})? ([0-9.eE+-]+)$", line)) and m[1] in out:
-            out[m[1]] += float(m[2])
-    return {k.removeprefix("vllm:"): v for k, v in out.items()}
+    got = prometheus(url, METRICS)
+    return None if got is None else {k.removeprefix("vllm:"): v for k, v in got.items()}
 
 
 # ---------------------------------------------------------------- replica (inside its Slurm job)
@@ -622,7 +622,7 @@ def bench(paths: Paths, cache: Path, timeout: float, policies: list[str]) -> dic
         workload = cfg["bench"] | {"seed": cfg["bench"]["seed"] + 1000 * len(sweeps)}
         try:
             return run_sweep(url, served, model_path, workload, key, paths.dir / "bench-raw" / name,
-                             paths.logs / "bench.log", goodput=slo)
+                             paths.logs / "bench.log", goodput=slo)[0]  # a router: no vLLM /metrics of its own
         except RuntimeError as err:
             raise DeployError(str(err)) from None
 

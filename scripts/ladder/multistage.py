@@ -155,12 +155,12 @@ def check(v: Verdict, run: Run, srv: Server, pipeline: list[str], attempt: int) 
     reference = json.loads((a.results / "single" / "outputs.json").read_text())["outputs"]
     e2e = run_suite(v, srv, reference, cfg["parallel"]["split_logprob_tolerance"])
     write_json(a.out_dir / "e2e.json", e2e | {"attempt": attempt, "pipeline": pipeline})
-    results = run_sweep(srv.base, run.served, run.model_path, cfg["bench"], run.key, a.out_dir / "raw",
-                        a.log_dir / run.cluster.spec.head / "bench.log")
+    results, cache = run_sweep(srv.base, run.served, run.model_path, cfg["bench"], run.key, a.out_dir / "raw",
+                               a.log_dir / run.cluster.spec.head / "bench.log")
     meta = metadata(cfg, run.versions, pipeline, {"tensor_parallel_size": run.tp, "pipeline_parallel_size": pp},
                     a.config_hash, run.served)
-    write_json(a.out_dir / "bench.json", {"metadata": meta, "results": results})
-    perf_checks(v, "multinode", results, cfg["references"].get(cfg["cluster"]["name"], {}))
+    write_json(a.out_dir / "bench.json", {"metadata": meta | {"prefix_cache": cache}, "results": results})
+    perf_checks(v, "multinode", results, cfg["references"].get(cfg["cluster"]["name"], {}), cache, cfg["bench"])
     if cfg["bench"]["soak_s"]:
         write_json(a.out_dir / "soak.json", soak(v, srv, cfg["bench"]["soak_s"], cfg["bench"]["soak_clients"]))
     single = json.loads((a.results / "single" / "bench.json").read_text())

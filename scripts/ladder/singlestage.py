@@ -23,7 +23,15 @@ from ladder.verdict import Verdict, open_stage, reference_check, stage_parser, w
 from ladder.vllmserver import Server, ServerError, api_key, check_healthy, cpu_env, resolve_model, serve_args, smoke
 
 
-def perf_checks(v: Verdict, stage: str, results: dict[str, dict[str, Any]], refs: dict[str, Any]) -> None:
+def perf_checks(v: Verdict, stage: str, results: dict[str, dict[str, Any]], refs: dict[str, Any],
+                cache: dict[str, Any], bench: dict[str, Any]) -> None:
+    # Random prompts share no prefix: only vllm bench's own test request and warm-ups repeat a run's first
+    # prompt, so at most (warm-ups + 1) of every (prompts + warm-ups + 1) prompts can hit the cache.
+    bound = (bench["warmup_prompts"] + 1) / (bench["num_prompts"] + bench["warmup_prompts"] + 1) + 0.05
+    rate = cache["hit_rate"]
+    v.check("bench_prompts_prefilled", None if rate is None else rate <= bound, rate, f"<= {bound:.3f}",
+            "of prompt tokens from the prefix cache", detail=cache.get("why") or
+            f"{cache['hits']:.0f} of {cache['prompt_tokens']:.0f} prompt tokens were prefix-cache hits")
     for level, r in results.items():
         v.check(f"bench_{level}_no_failed_requests", r["failed"] == 0 and r["completed"] > 0,
                 r["completed"], "all completed", detail=f"{r['failed']} failed")
@@ -60,15 +68,15 @@ def check(v: Verdict, a: argparse.Namespace, cfg: dict[str, Any], srv: Server, v
     outputs, prompts = srv.greedy(), vllmserver.PROMPTS
     write_json(a.out_dir / "outputs.json", {"model": srv.served_name, "prompts": prompts, "outputs": outputs})
     v.check("greedy_outputs", all(o["completion_tokens"] > 0 for o in outputs), len(outputs), len(prompts))
-    results = run_sweep(srv.base, srv.served_name, srv.model_path, cfg["bench"], srv.key, a.out_dir / "raw",
-                        srv.log.parent / "bench.log")
+    results, cache = run_sweep(srv.base, srv.served_name, srv.model_path, cfg["bench"], srv.key, a.out_dir / "raw",
+                               srv.log.parent / "bench.log")
     meta = metadata(cfg, versions, v.nodes, {"tensor_parallel_size": tp, "pipeline_parallel_size": 1},
                     a.config_hash, srv.served_name)
     if fit and fit.proxy_layers:
         meta["proxy"] = {"layers": fit.proxy_layers, "of": fit.layers, "why": fit.describe()}
-    write_json(a.out_dir / "bench.json", {"metadata": meta, "results": results})
+    write_json(a.out_dir / "bench.json", {"metadata": meta | {"prefix_cache": cache}, "results": results})
     refs = cfg["references"].get(cfg["cluster"]["name"], {})
-    perf_checks(v, "single", results, refs)
+    perf_checks(v, "single", results, refs, cache, cfg["bench"])
     roofline_checks(v, a.out_dir, bandwidth, results, srv.log, srv.model_path, cfg["model"]["dtype"], tp, refs)
 
 

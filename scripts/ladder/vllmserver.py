@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -38,6 +39,21 @@ PROMPTS = [
 GREEDY_TOKENS = 16
 # Top-k candidates recorded per greedy token, for ladder.splitcheck (vLLM allows up to 20).
 GREEDY_TOP_K = 5
+
+
+def prometheus(url: str, names: tuple[str, ...]) -> dict[str, float] | None:
+    """The named series of a vLLM server's /metrics, each summed over its labels (None when it does not answer)."""
+    try:
+        r = httpx2.get(f"{url}/metrics", timeout=3)
+    except httpx2.TransportError:
+        return None
+    if r.status_code != 200:
+        return None
+    out = dict.fromkeys(names, 0.0)
+    for line in r.text.splitlines():
+        if (m := re.match(r"(vllm:[a-z_]+)(?:\{[^}]*\})? ([0-9.eE+-]+)$", line)) and m[1] in out:
+            out[m[1]] += float(m[2])
+    return out
 
 
 class ServerError(RuntimeError):

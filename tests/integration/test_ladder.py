@@ -53,6 +53,9 @@ def check_ladder(run, sandbox, nodes: int) -> None:
     for level, r in single["results"].items():
         assert r["output_throughput"] > 0 and r["completed"] > 0 and r["failed"] == 0, level
     assert single["metadata"]["versions"]["vllm"] and single["metadata"]["config_hash"]
+    for stage in ("single", "multinode"):  # vLLM's prefix-cache counters, read around each bench
+        prefilled = {c["name"]: c for c in verdict(run, stage)["checks"]}["bench_prompts_prefilled"]
+        assert prefilled["ok"] is True, prefilled
     multi = verdict(run, "multinode")
     checks = {c["name"]: c for c in multi["checks"]}
     # Every pipeline rank on its own node, read from vLLM's own log.

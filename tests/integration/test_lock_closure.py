@@ -1,7 +1,7 @@
-"""envs/cpu.lock.txt is the whole closure of what it installs (issue 14, item 6): uv resolves it against
-the registry pip is configured with; nothing may be added that the lock neither pins nor declares
-omitted (the env is installed with --no-deps). The CUDA lock's check needs the image's versions: see
-gpu/devcheck.sh (image-freeze.txt)."""
+"""envs/cpu.lock.txt and envs/cuda.lock.txt are the whole closure of what they install (issue 14, item 6):
+uv resolves each for its Python and platform against the registry pip is configured with; nothing may
+be added that the lock neither pins nor declares omitted (the env is installed with --no-deps). The
+CUDA lock's image part comes from the GPU image's own `pip list` (gpu/devcheck.sh, image-freeze.txt)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,14 @@ from conftest import ROOT
 pytestmark = pytest.mark.registry
 
 
-def test_cpu_lock_is_its_own_closure() -> None:
-    py = f"{sys.version_info.major}.{sys.version_info.minor}"
-    run = subprocess.run([sys.executable, "-m", "ladder.lockcheck", str(ROOT / "envs" / "cpu.lock.txt"),
-                          "--python", py, "--platform", f"{platform.machine()}-manylinux_2_28"],
-                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+LOCKS = {"cpu": (f"{sys.version_info.major}.{sys.version_info.minor}", f"{platform.machine()}-manylinux_2_28"),
+         "cuda": ("3.12", "x86_64-manylinux_2_39")}  # the GPU image: Python 3.12.3, Ubuntu 24.04 (glibc 2.39)
+
+
+@pytest.mark.parametrize("flavor", sorted(LOCKS))
+def test_lock_is_its_own_closure(flavor: str) -> None:
+    py, plat = LOCKS[flavor]
+    run = subprocess.run([sys.executable, "-m", "ladder.lockcheck", str(ROOT / "envs" / f"{flavor}.lock.txt"),
+                          "--python", py, "--platform", plat], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert run.returncode == 0, run.stdout + run.stderr[-3000:]
     assert json.loads(run.stdout) == {"added": [], "changed": [], "dropped": []}

@@ -43,7 +43,7 @@ WORKLOAD = {"input_len": 64, "output_len": 32, "num_prompts": 5, "seed": 3, "war
 
 def test_bench_args_closed_and_open_loop():
     closed = " ".join(bench_args("http://127.0.0.1:9", "m", "/tok", WORKLOAD, Path("/r/f.json"), 1, concurrency=4))
-    for part in ("--random-input-len 64", "--random-output-len 32", "--num-prompts 5", "--seed 4",
+    for part in ("--random-input-len 64", "--random-output-len 32", "--num-prompts 5",
                  "--num-warmups 2", "--max-concurrency 4", "--base-url http://127.0.0.1:9", "--save-result",
                  "--result-dir /r", "--result-filename f.json"):
         assert part in closed, part
@@ -51,9 +51,23 @@ def test_bench_args_closed_and_open_loop():
     args = bench_args("http://127.0.0.1:9", "m", "/tok", WORKLOAD, Path("/r/f.json"), 0, rate=2.5,
                       goodput=["ttft:100"])
     opened = " ".join(args)
-    assert "--request-rate 2.5 --burstiness 0.5" in opened and "--seed 3" in opened and "--goodput ttft:100" in opened
+    assert "--request-rate 2.5 --burstiness 0.5" in opened and "--goodput ttft:100" in opened
     assert "--max-concurrency" not in opened
     assert not any("key" in c.lower() for c in args), "the API key travels in the environment only"
+
+
+def seed(**level) -> int:
+    args = bench_args("http://127.0.0.1:9", "m", "/tok", WORKLOAD, Path("/r/f.json"), level.pop("run"), **level)
+    return int(args[args.index("--seed") + 1])
+
+
+def test_every_level_and_run_sends_its_own_prompts():
+    """A prompt sent again is a prefix-cache hit: a level after the first would measure no prefill."""
+    runs = [dict(concurrency=c, run=i) for c in (1, 4, 16) for i in range(3)]
+    runs += [dict(rate=r, run=i) for r in (2.5, 4, 96) for i in range(3)]
+    seeds = [seed(**r) for r in runs]
+    assert len(set(seeds)) == len(runs) and all(0 <= s < 2**32 for s in seeds)
+    assert seed(concurrency=4, run=1) == seed(concurrency=4, run=1)  # the same prompts for every candidate
 
 
 def test_levels_closed_loop_then_open_loop():

@@ -1,4 +1,4 @@
-"""The CUDA flavour: its lock (envs/cuda.lock.txt = gpu/pins.txt + the image's torch),
+"""The CUDA flavour: its lock (envs/cuda.lock.txt = gpu/pins.txt + what the GPU image provides),
 PEP 440 local-version matching, the GPU config overlays and the dummy-weight model shape."""
 
 from __future__ import annotations
@@ -28,11 +28,15 @@ def test_version_matches(have, want, ok):
     assert (lock_mismatches({"torch": want}, {"torch": have}) == []) is ok
 
 
-def test_cuda_lock_is_the_bundle_plus_the_image_torch():
+def test_cuda_lock_is_the_bundle_plus_what_the_image_has():
     lock = parse_lock((ROOT / "envs" / "cuda.lock.txt").read_text())
     bundle = parse_lock((ROOT / "gpu" / "pins.txt").read_text())
-    assert lock == bundle | {"torch": "2.11.0"}
-    assert lock["vllm"] == "0.26.0" and lock["ray"] == "2.60.0"
+    image = parse_lock((ROOT / "gpu" / "image-freeze.txt").read_text())
+    assert {n: v for n, v in lock.items() if n in bundle} == bundle  # every carried wheel at its pin
+    rest = {n: v for n, v in lock.items() if n not in bundle}
+    assert rest and all(image.get(n) == v for n, v in rest.items()), \
+        {n: (v, image.get(n)) for n, v in rest.items() if image.get(n) != v}  # the rest at the image's versions
+    assert lock["vllm"] == "0.26.0" and lock["ray"] == "2.60.0" and lock["torch"] == "2.11.0"
     assert lock_mismatches({"torch": lock["torch"]}, {"torch": "2.11.0+cu130"}) == []
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ladder.goodput import DEFAULTS, Candidate, candidates, pick, rate_point, slo_args, tuned_serve_args
-from ladder.tune import option
+from ladder.tune import option, search_rates
 
 pytestmark = pytest.mark.unit
 
@@ -85,3 +85,10 @@ def test_space_errors_name_gpu_settings_on_cpu_and_an_empty_slo():
     assert space_errors(tune | {"slo": {"ttft_ms": None, "tpot_ms": None, "e2el_ms": None}}, 8) == [
         "tune.slo: give at least one of ttft_ms, tpot_ms, e2el_ms"]
     assert space_errors(tune | {"enabled": False}, 0) == []
+
+
+def test_a_later_candidate_searches_from_the_rate_the_best_so_far_sustained():
+    assert search_rates([16, 4, 8], 2, 0) == [4, 8, 16, 32, 64]  # the first: every rate, then doubled
+    assert search_rates([4, 8, 16], 2, 16) == [16, 32, 64]  # it wins only by sustaining more than 16
+    assert search_rates([4, 8, 16], 0, 9) == [16]
+    assert search_rates([4, 8, 16], 0, 99) == [16]  # above every rate: still measured at the highest
