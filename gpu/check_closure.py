@@ -4,9 +4,9 @@ runtime requirement (Requires-Dist, no extras) for Python 3.12 on Linux x86_64.
 
 usage: check_closure.py WHEEL_DIR
 Exit 1 and list what is missing: a requirement that is neither a wheel in
-WHEEL_DIR, nor in DEVICE_HAS (the device image 'cuda', per
-/work/.library/device/KINDS.md, read 2026-11-17), nor in DROP (deliberately not
-carried: not used by a dense bf16 text model on Hopper; see DESIGN.md section 7).
+WHEEL_DIR, nor on the GPU image (gpu/image-freeze.txt, its `pip list` taken by
+gpu/devcheck.sh), nor dropped in envs/cuda.overrides.txt
+(deliberately not carried: not used by a dense bf16 text model on Hopper; DESIGN.md section 7).
 """
 from __future__ import annotations
 
@@ -32,54 +32,26 @@ ENV = {
     "extra": "",
 }
 
-DEVICE_HAS = """
-absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio
-attrs botorch build certifi charset-normalizer chex click cloudpickle cmake colorama
-contourpy coverage cuda-bindings cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x
-cycler cython diffrax e3nn einops equinox etils execnet filelock flatbuffers flax
-fonttools formulaic frozenlist fsspec gpytorch grpcio h11 h5py hf-xet httpcore httpx
-huggingface-hub humanize hypothesis idna imageio iniconfig interface-meta jax
-jax-cuda13-pjrt jax-cuda13-plugin jaxlib jaxtyping jinja2 joblib kiwisolver
-lazy-loader lightning lightning-utilities linear-operator lineax llvmlite lxml
-markdown markdown-it-py markupsafe matplotlib mdurl meson ml-dtypes mpi4py mpmath
-msgpack multidict multipledispatch mypy-extensions nanobind narwhals networkx ninja
-numba numba-cuda numpy numpyro nvidia-cublas nvidia-cuda-cupti nvidia-cuda-nvrtc
-nvidia-cuda-runtime nvidia-cudnn-cu13 nvidia-cufft nvidia-cufile nvidia-curand
-nvidia-cusolver nvidia-cusparse nvidia-cusparselt-cu13 nvidia-ml-py nvidia-nccl-cu13
-nvidia-nvjitlink nvidia-nvshmem-cu13 nvidia-nvtx onnx onnx-ir onnxruntime onnxscript
-opencv-python-headless optax opt-einsum opt-einsum-fx optimistix orbax-checkpoint
-packaging pandas pathspec patsy peft pillow pip pluggy portalocker prometheus-client
-propcache protobuf psutil pyarrow pybind11 py-cpuinfo pygments pyparsing
-pyproject-hooks pyre-extensions pytest pytest-benchmark pytest-cov pytest-mock
-pytest-timeout pytest-xdist python-dateutil pytorch-lightning pyyaml regex requests
-rich sacrebleu safetensors scikit-build-core scikit-image scikit-learn scipy seaborn
-sentencepiece sentence-transformers setuptools shellingham simplejson six
-sortedcontainers statsmodels sympy tabulate tensorboard tensorboard-data-server
-tensorstore threadpoolctl tifffile tiktoken timm tokenizers toolz torch torchaudio
-torchdiffeq torch-geometric torchmetrics torchvision tqdm transformers treescope
-triton typer typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug
-wheel wrapt xarray xxhash yarl zipp
-""".split()  # noqa: SIM905 - a word list reads better than a list literal
+# What the image provides: its own `pip list`, taken on the machine by gpu/devcheck.sh.
+IMAGE = Path(__file__).resolve().parent / "image-freeze.txt"
 
-# Requirements OF VLLM ITSELF that a dense bf16 text model on Hopper never imports
-# (DESIGN.md section 7: "Not needed"), plus GPU kernel libraries it only uses for
-# other architectures / MoE / MLA / multimodal. Only vllm's own requirements are
-# dropped: the same name required by another carried wheel is still checked.
+
+# envs/cuda.overrides.txt says, for the CUDA lock's resolver too, what the GPU env keeps against a
+# declaration: `name ; sys_platform == "never"` drops one of vLLM's own requirements (a dense text model
+# on Hopper never imports it: DESIGN.md section 7; the same name required by another carried wheel is
+# still checked), `name==version` accepts that version against any declaration.
+OVERRIDES = Path(__file__).resolve().parents[1] / "envs" / "cuda.overrides.txt"
 DROP_OWNER = "vllm"
-DROP = """
-torchcodec pynvvideocodec flashinfer-python tilelang
-nvidia-cudnn-frontend nvtx fastsafetensors nvidia-cutlass-dsl quack-kernels
-tokenspeed-mla humming-kernels mistral-common anthropic mcp
-opentelemetry-sdk opentelemetry-api opentelemetry-exporter-otlp
-opentelemetry-semantic-conventions-ai
-""".split()  # noqa: SIM905 - a word list reads better than a list literal
 
 
-# (owner, requirement) version mismatches accepted on purpose.
-ALLOW_CONFLICT = {
-    # vllm pins 0.1.10 for flashinfer (not carried); xgrammar 0.2.8 needs >=0.1.11.
-    ("vllm", "apache-tvm-ffi"),
-}
+def overrides() -> tuple[set[str], set[str]]:
+    """(names vLLM's requirements may drop, names pinned against a declaration)."""
+    drop, pinned = set(), set()
+    for line in OVERRIDES.read_text().splitlines():
+        req = line.split("#")[0].strip()
+        if req:
+            (drop if 'sys_platform == "never"' in req else pinned).add(norm(re.split(r"[\s;=<>!~]", req)[0]))
+    return drop, pinned
 
 
 def norm(name: str) -> str:
@@ -107,8 +79,8 @@ def main(folder: str) -> int:
             return 1
         have[norm(name)] = version
         reqs += [(name, r) for r in rs]
-    device = {norm(n) for n in DEVICE_HAS}
-    drop = {norm(n) for n in DROP}
+    device = {norm(line.split("==")[0]) for line in IMAGE.read_text().splitlines() if "==" in line.split("#")[0]}
+    drop, pinned = overrides()
     missing, conflicts = {}, []
     for owner, text in reqs:
         req = Requirement(text)
@@ -117,7 +89,7 @@ def main(folder: str) -> int:
         n = norm(req.name)
         if n in have:
             if (req.specifier and not req.specifier.contains(have[n], prereleases=True)
-                    and (norm(owner), n) not in ALLOW_CONFLICT):
+                    and n not in pinned):
                 conflicts.append(f"{owner} wants {req}, bundle has {have[n]}")
         elif n not in device and not (n in drop and norm(owner) == DROP_OWNER):
             missing.setdefault(n, []).append(f"{owner}: {req}")
