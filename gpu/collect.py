@@ -193,14 +193,11 @@ def compare(run: Path, base: Path) -> int:
     if a["metadata"]["bench_settings"] != b["metadata"]["bench_settings"]:
         print("the two runs used different bench settings: no ratio", file=sys.stderr)
         return 1
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from ladder.bench import ratios  # multinode's scaling.json: the same ratios per level
+
     out: dict[str, Any] = {"command": f"python3 gpu/collect.py compare {run} {base}", "run": str(run),
-                           "base": str(base), "levels": {}}
-    for level in sorted(set(a["results"]) & set(b["results"])):
-        ra, rb = a["results"][level], b["results"][level]
-        out["levels"][level] = {
-            "output_throughput": round(ra["output_throughput"] / rb["output_throughput"], 4),
-            "tpot_median": round(ra["tpot_ms"]["median"] / rb["tpot_ms"]["median"], 4),
-            "ttft_median": round(ra["ttft_ms"]["median"] / rb["ttft_ms"]["median"], 4)}
+                           "base": str(base), "levels": ratios(a["results"], b["results"])}
     ma, mb = va["metrics"], vb["metrics"]
     out["memory"] = {k: {"run": ma[k], "base": mb[k], "ratio": round(ma[k] / mb[k], 4)}
                      for k in ("weights_gib_per_gpu", "kv_cache_gib_per_gpu", "kv_cache_tokens")
